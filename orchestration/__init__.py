@@ -1,0 +1,1 @@
+"""Driver: config, data, wiring of components, command-line commands."""

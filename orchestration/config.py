@@ -1,0 +1,75 @@
+"""The root configuration: one typed section per component, composed here.
+
+Components own their sections (``rollout.config``, ``reward.config``); this module adds
+the driver's own sections (run, data, model, ray) and composes them.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reward.config import RewardConfig
+from rollout.config import RolloutConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RunConfig(_Section):
+    """Where a command writes and how it is seeded."""
+
+    name: str = Field("simulrl", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="run name; the default run directory is runs/<name>-<timestamp>")
+    dir: str | None = Field(None, min_length=1, max_length=1000,
+                            description="run directory for every output; null = runs/<name>-<timestamp>")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for data shuffling and sampling")
+
+
+class DataConfig(_Section):
+    """Which named data sets to use and where they live."""
+
+    dir: str | None = Field(None, min_length=1, max_length=1000,
+                            description="data directory; null = $SIMULRL_DATA, else ../shared/data")
+    train: str = Field("wmt17-20_news_deen", min_length=1, max_length=100,
+                       description="training set name (see `launch.py datasets`)")
+    dev: str = Field("flores200_dev_deen", min_length=1, max_length=100,
+                     description="held-out set for periodic evaluation during training")
+    test: str = Field("newstest2015_deen", min_length=1, max_length=100,
+                      description="test set for evaluation commands")
+    limit: int | None = Field(None, ge=1, le=10_000_000,
+                              description="use at most this many pairs of a set (after shuffling)")
+    shuffle: bool = Field(True, description="shuffle training pairs with run.seed")
+    max_source_units: int = Field(200, ge=1, le=100_000,
+                                  description="refuse a source longer than this many units")
+    fetch: bool = Field(False, description="fetch a missing set with sacrebleu (needs a network)")
+
+
+class ModelConfig(_Section):
+    """The policy model: a local directory or a hub id."""
+
+    path: str = Field("models/qwen2.5-0.5b-instruct", min_length=1, max_length=1000,
+                      description="HF model id or local directory (relative to the repository)")
+    dtype: Literal["bfloat16", "float32", "float16"] = Field(
+        "bfloat16", description="weights and compute dtype")
+
+
+class RayConfig(_Section):
+    """Ray cluster to run on."""
+
+    address: str | None = Field(None, min_length=1, max_length=500,
+                                description="existing cluster address; null = $RAY_ADDRESS, else a local one")
+    num_cpus: int | None = Field(None, ge=1, le=100_000,
+                                 description="CPUs of a local Ray instance; null = all")
+
+
+class RootConfig(_Section):
+    """Everything a SimulRL command needs."""
+
+    run: RunConfig = Field(default_factory=RunConfig, description="run directory and seed")
+    data: DataConfig = Field(default_factory=DataConfig, description="data sets")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="policy model")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="rollout workers")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="reward service")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster")

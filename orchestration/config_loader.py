@@ -1,0 +1,147 @@
+"""Load a root config from YAML plus ``key=value`` overrides, with errors that name the key.
+
+Every failure raises :class:`ConfigError` whose message names the file and the dotted key;
+``launch.py`` turns it into exit status 2. Nothing here imports torch, vLLM or Ray.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from orchestration.config import RootConfig
+from orchestration.errors import UserInputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_BASE_DEPTH = 8
+
+
+class ConfigError(UserInputError):
+    """Bad configuration: the message says which file/key and what is allowed."""
+
+
+def _read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
+    """Read one YAML mapping; a ``base:`` key names a file it is merged over."""
+    if depth > MAX_BASE_DEPTH:
+        raise ConfigError(f"{path}: too many nested 'base:' files (a cycle?)")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, not {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a path to another YAML file")
+    return deep_merge(_read_yaml((path.parent / base).resolve(), depth + 1), data)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; any other value in ``over`` replaces the one in ``base``."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=VALUE`` -> (["a","b","c"], VALUE parsed as a YAML scalar or list)."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise ConfigError(f"override {text!r}: expected dotted.key=value, e.g. run.seed=1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return [p.strip() for p in parts], value
+
+
+def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {'.'.join(parts[:i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the section that ``loc`` (minus its last part) points into."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        key = ".".join(loc) or "<root>"
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(RootConfig, loc)
+            hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+            did = f" (did you mean {'.'.join(loc[:-1] + (hint[0],))}?)" if hint else ""
+            lines.append(f"{source}: {key}: unknown key{did}; allowed here: {', '.join(allowed)}")
+        else:
+            got = item.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> RootConfig:
+    """YAML file (optional) + overrides -> validated :class:`RootConfig`."""
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    try:
+        return RootConfig.model_validate(data)
+    except ValidationError as err:
+        source = str(path) if path is not None else "config"
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def resolve_run_dir(cfg: RootConfig) -> Path:
+    """``run.dir`` or ``runs/<name>-<timestamp>``, made absolute; fills ``cfg.run.dir``."""
+    if cfg.run.dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cfg.run.dir = str(REPO_ROOT / "runs" / f"{cfg.run.name}-{stamp}")
+    return Path(cfg.run.dir).resolve()
+
+
+def dump_config(cfg: RootConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def write_resolved_config(cfg: RootConfig, run_dir: Path) -> Path:
+    """Write ``config.yaml`` into the run directory atomically (temp file, then rename)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / "config.yaml"
+    tmp = target.with_suffix(".yaml.tmp")
+    tmp.write_text(dump_config(cfg), encoding="utf-8")
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,1 @@
+"""Reward: latency metrics, quality scorers, the fused SeqPO reward."""

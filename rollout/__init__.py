@@ -1,0 +1,1 @@
+"""Streaming rollouts: episode layout, chunking, vLLM rollout workers."""
