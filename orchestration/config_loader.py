@@ -121,7 +121,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Ro
     try:
         return RootConfig.model_validate(data)
     except ValidationError as err:
-        source = str(path) if path is not None else "config"
+        source = str(path) if path is not None else "defaults"
+        if overrides:
+            source += " + command-line overrides"
         raise ConfigError(format_validation_error(err, source)) from None
 
 
