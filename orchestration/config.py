@@ -41,7 +41,7 @@ class DataConfig(_Section):
     limit: int | None = Field(None, ge=1, le=10_000_000,
                               description="use at most this many pairs of a set (after shuffling)")
     shuffle: bool = Field(True, description="shuffle training pairs with run.seed")
-    max_source_units: int = Field(200, ge=1, le=100_000,
+    max_source_units: int = Field(500, ge=1, le=100_000,
                                   description="refuse a source longer than this many units")
     fetch: bool = Field(False, description="fetch a missing set with sacrebleu (needs a network)")
 
