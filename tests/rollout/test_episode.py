@@ -1,0 +1,160 @@
+"""The interleaved append-only layout (DESIGN §2.1) on the tiny model's chat template."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rollout.episode import ChatLayout, ChatTemplateError, Episode, hf_codec, system_prompt_for
+from rollout.units import count_units
+
+SYSTEM = "Translate German into English. Wait with an empty reply. [END] ends the source."
+word = st.text(alphabet="abcXYZäöü12.,!?'-", min_size=1, max_size=7)
+source_text = st.lists(word, min_size=1, max_size=14).map(" ".join)
+# what the policy may write: empty (a wait), or text not starting with a newline
+piece_text = st.one_of(st.just(""), st.text(alphabet="ab cdXY.,!?äö\n1'", max_size=14)
+                       .filter(lambda s: not s.startswith("\n")))
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_tokenizer):
+    return (ChatLayout.from_tokenizer(tiny_tokenizer),) + hf_codec(tiny_tokenizer)
+
+
+def make_episode(codec, source, chunk_size, unit="word"):
+    layout, encode, decode, eot = codec
+    return Episode(layout, encode, decode, source=source, system_prompt=SYSTEM, end_marker="[END]",
+                   source_unit=unit, target_unit=unit, chunk_size=chunk_size, end_of_turn_id=eot)
+
+
+def test_layout_from_chatml(codec, tiny_tokenizer):
+    layout, _, _, eot = codec
+    assert layout.system_open == "<|im_start|>system\n"
+    assert layout.user_open == "<|im_start|>user\n"
+    assert layout.user_close == "<|im_end|>\n<|im_start|>assistant\n"
+    assert layout.end_of_turn == "<|im_end|>" and layout.after_turn == "\n"
+    assert eot == tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(source=source_text, chunk_size=st.integers(1, 4), data=st.data())
+def test_turn_by_turn_equals_whole_conversation(codec, tiny_tokenizer, source, chunk_size, data):
+    """Appending step by step gives exactly the ids of the whole templated conversation."""
+    ep = make_episode(codec, source, chunk_size)
+    _, encode, _, eot = codec
+    messages = [{"role": "system", "content": SYSTEM}]
+    while not ep.done:
+        user = ep.chunks[ep.step] + (" [END]" if ep.is_last_step else "")
+        messages.append({"role": "user", "content": user})
+        assert ep.prompt_ids == encode(tiny_tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True))
+        piece = data.draw(piece_text)
+        messages.append({"role": "assistant", "content": piece})
+        ep.add_action(encode(piece) + [eot])
+    whole = encode(tiny_tokenizer.apply_chat_template(messages, tokenize=False))
+    n = len(ep.token_ids)
+    assert whole[:n] == ep.token_ids and whole[n:] == encode("\n")
+    # mask: 1 exactly on the assistant pieces and their end of turn
+    traj = ep.trajectory()
+    assert len(traj.action_mask) == len(traj.token_ids) == len(traj.logprobs)
+    expected_actions = sum(len(encode(m["content"])) + 1 for m in messages if m["role"] == "assistant")
+    assert sum(traj.action_mask) == expected_actions
+    assert traj.token_ids[-1] == eot and traj.action_mask[-1] == 1
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(source=source_text, chunk_size=st.integers(1, 5), data=st.data())
+def test_delays_and_waits(codec, source, chunk_size, data):
+    _, encode, _, eot = codec
+    ep = make_episode(codec, source, chunk_size)
+    units_per_step = []
+    while not ep.done:
+        piece = data.draw(piece_text)
+        before = len(ep.delays)
+        ep.add_action(encode(piece) + [eot])
+        units_per_step.append(len(ep.delays) - before)
+        if not piece.strip():
+            assert len(ep.delays) == before          # a wait writes no target units
+    traj = ep.trajectory()
+    S = traj.source_length
+    assert S == len(source.split())
+    assert all(a <= b for a, b in zip(traj.delays, traj.delays[1:]))
+    assert all(1 <= d <= S for d in traj.delays)
+    assert len(traj.delays) == count_units(traj.hypothesis, "word") == sum(units_per_step)
+    assert traj.num_steps == -(-S // chunk_size)
+
+
+def test_hand_built_episode(codec):
+    _, encode, decode, eot = codec
+    ep = make_episode(codec, "Die Katze sitzt auf der Matte", 2)
+    assert ep.chunks == ["Die Katze", "sitzt auf", "der Matte"]
+    lp = [-0.5] * (len(encode("The cat")) + 1)
+    assert ep.add_action(encode("The cat") + [eot], lp) == "The cat"
+    assert ep.add_action([eot]) == ""                            # wait
+    assert not ep.done and ep.is_last_step
+    assert decode(ep.prompt_ids).endswith("user\nder Matte [END]\nassistant\n")
+    ep.add_action(encode(" sits on the mat.") + [eot])
+    traj = ep.trajectory(source_index=7)
+    assert traj.hypothesis == "The cat sits on the mat."
+    assert traj.delays == [2, 2, 6, 6, 6, 6]
+    assert traj.pieces == ["The cat", "", "sits on the mat."]
+    assert traj.meta == {"source_index": 7}
+    sampled = [lp for lp, m in zip(traj.logprobs, traj.action_mask) if m]
+    assert sampled[:len(lp)] == lp
+    with pytest.raises(RuntimeError):
+        ep.add_action([eot])
+
+
+def test_cap_without_end_of_turn_closes_the_turn(codec):
+    _, encode, _, eot = codec
+    ep = make_episode(codec, "a b c d", 2)
+    n_before = len(ep.token_ids)
+    cut = encode("The cat sat")
+    ep.add_action(cut)                                           # hit the cap: no end of turn
+    assert ep.truncated_steps == 1
+    added = ep.token_ids[n_before:n_before + len(cut) + 1]
+    assert added == cut + [eot]
+    assert ep.action_mask[n_before:n_before + len(cut) + 1] == [1] * len(cut) + [0]
+
+
+def test_chinese_source_and_target_count_characters(codec):
+    _, encode, _, eot = codec
+    layout = codec[0]
+    ep = Episode(layout, codec[1], codec[2], source="我们在说话人还在讲话", system_prompt=SYSTEM,
+                 end_marker="[END]", source_unit="char", target_unit="char", chunk_size=4,
+                 end_of_turn_id=eot)
+    assert ep.chunks == ["我们在说", "话人还在", "讲话"]
+    ep.add_action(encode("我们") + [eot])
+    ep.add_action([eot])
+    ep.add_action(encode("在说话") + [eot])
+    traj = ep.trajectory()
+    assert traj.hypothesis == "我们在说话" and traj.delays == [4, 4, 10, 10, 10]
+
+
+def test_llama3_style_template_and_a_rejected_one():
+    """Any append-only template works; one that rewrites earlier turns is refused."""
+    def llama(msgs, gen):
+        out = "<|begin_of_text|>" + "".join(
+            f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in msgs)
+        return out + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if gen else "")
+
+    from rollout.episode import _A1, _SYS, _U1, _U2
+    s, u1, a1, u2 = ({"role": "system", "content": _SYS}, {"role": "user", "content": _U1},
+                     {"role": "assistant", "content": _A1}, {"role": "user", "content": _U2})
+    specials = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+    layout = ChatLayout.from_renders(llama([s], False), llama([s, u1], True), llama([s, u1, a1], False),
+                                     llama([s, u1, a1, u2], True), specials)
+    assert layout.end_of_turn == "<|eot_id|>" and layout.after_turn == ""
+    assert layout.user_close.endswith("assistant<|end_header_id|>\n\n")
+
+    def numbered(msgs, gen):   # rewrites the system turn with the turn count: not append-only
+        return f"[{len(msgs)}]" + llama(msgs, gen)
+
+    with pytest.raises(ChatTemplateError, match="append-only"):
+        ChatLayout.from_renders(numbered([s], False), numbered([s, u1], True),
+                                numbered([s, u1, a1], False), numbered([s, u1, a1, u2], True), specials)
+
+
+def test_system_prompt_names_languages():
+    text = system_prompt_for("From {src_lang} to {tgt_lang}; {end_marker}", "de", "zh", "[END]")
+    assert text == "From German to Chinese; [END]"

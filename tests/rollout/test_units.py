@@ -1,0 +1,62 @@
+"""Chunking, units, delays and joining (DESIGN §2.1)."""
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rollout.units import (chunk_source, count_units, join_pieces, num_steps, piece_delays,
+                           split_units, unit_of)
+
+words = st.text(alphabet="abcdeäöüßxyz", min_size=1, max_size=8)
+zh_chars = st.sampled_from(list("我们在说话人还的时候翻译这个句子。"))
+
+
+def test_units_of_languages():
+    assert unit_of("zh") == "char" and unit_of("de") == "word" and unit_of("en") == "word"
+    assert split_units("  Die  Katze\tsitzt ", "word") == ["Die", "Katze", "sitzt"]
+    assert split_units("我们 在A", "char") == ["我", "们", "在", "A"]
+
+
+def test_chunk_source_words_and_chars():
+    assert chunk_source("a b c d e f g", "word", 3) == ["a b c", "d e f", "g"]
+    assert chunk_source("我们在说话人还", "char", 4) == ["我们在说", "话人还"]
+    # a chunk is a slice of the source: spaces inside a Chinese chunk are kept
+    assert chunk_source("我 iPhone 好", "char", 3) == ["我 iP", "hon", "e 好"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(words, min_size=1, max_size=30), st.integers(1, 8))
+def test_chunks_partition_the_words(ws, m):
+    text = " ".join(ws)
+    chunks = chunk_source(text, "word", m)
+    assert len(chunks) == num_steps(len(ws), m) == math.ceil(len(ws) / m)
+    assert " ".join(chunks).split() == ws
+    assert all(count_units(c, "word") == m for c in chunks[:-1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=12), st.integers(1, 6), st.integers(1, 40))
+def test_delays_non_decreasing_and_bounded(units, m, source_length):
+    delays = piece_delays(units, m, source_length)
+    assert len(delays) == sum(units)
+    assert all(a <= b for a, b in zip(delays, delays[1:]))
+    assert all(1 <= d <= source_length for d in delays)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.just(""), st.lists(words, min_size=1, max_size=4).map(" ".join)),
+                min_size=1, max_size=8))
+def test_join_keeps_units_and_waits_add_none(pieces):
+    joined = join_pieces(pieces, "word")
+    assert count_units(joined, "word") == sum(count_units(p, "word") for p in pieces)
+    assert join_pieces([p for p in pieces if p], "word") == joined
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(zh_chars, max_size=4).map("".join), min_size=1, max_size=6))
+def test_join_chinese_without_spaces(pieces):
+    joined = join_pieces(pieces, "char")
+    assert " " not in joined and joined == "".join(pieces)
+    assert count_units(joined, "char") == sum(len(p) for p in pieces)
