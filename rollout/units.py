@@ -21,7 +21,13 @@ def unit_of(lang: str) -> Unit:
 
 
 def _unit_spans(text: str, unit: Unit) -> list[tuple[int, int]]:
-    """(start, end) offsets of each unit in ``text``; whitespace is never a unit."""
+    """(start, end) offsets of each unit in ``text``.
+
+    As SimulEval counts an agent's output: words are split on any whitespace; in ``char``
+    mode every character but the ASCII space is a unit.
+    """
+    if unit == "char":
+        return [(i, i + 1) for i, ch in enumerate(text) if ch != " "]
     spans: list[tuple[int, int]] = []
     start = None
     for i, ch in enumerate(text):
@@ -29,8 +35,6 @@ def _unit_spans(text: str, unit: Unit) -> list[tuple[int, int]]:
             if start is not None:
                 spans.append((start, i))
                 start = None
-        elif unit == "char":
-            spans.append((i, i + 1))
         elif start is None:
             start = i
     if start is not None:
@@ -39,7 +43,7 @@ def _unit_spans(text: str, unit: Unit) -> list[tuple[int, int]]:
 
 
 def split_units(text: str, unit: Unit) -> list[str]:
-    """The units of ``text``: whitespace-separated words, or non-space characters."""
+    """The units of ``text``: whitespace-separated words, or characters other than " "."""
     return [text[a:b] for a, b in _unit_spans(text, unit)]
 
 

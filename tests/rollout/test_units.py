@@ -60,3 +60,14 @@ def test_join_chinese_without_spaces(pieces):
     joined = join_pieces(pieces, "char")
     assert " " not in joined and joined == "".join(pieces)
     assert count_units(joined, "char") == sum(len(p) for p in pieces)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab 我们\t\n\u3000.", max_size=20), st.sampled_from(["word", "char"]))
+def test_units_agree_with_the_reward_side_and_simuleval(text, unit):
+    """The rollout's delays and the reward's latency must count the same units."""
+    from reward.text_metrics import count_units as reward_count
+
+    assert count_units(text, unit) == reward_count(text, unit)
+    simuleval_count = len(text.split()) if unit == "word" else len(text.replace(" ", ""))
+    assert count_units(text, unit) == simuleval_count

@@ -1,0 +1,150 @@
+"""``launch.py score``: latency and quality of SimulEval-style instances as one JSON object.
+
+Input: JSON lines in the format of SimulEval's ``instances.log``, one instance a line::
+
+    {"index": 0, "source_length": 7, "delays": [3, 4, 5], "prediction": "a b c", "reference": "a b c d"}
+
+``source_length`` and ``delays`` are numbers (source units, or milliseconds for speech input),
+``prediction`` a string with one delay per unit in ``--latency-unit``; ``reference`` (string or
+null) and ``index`` (integer) are optional. Output on stdout::
+
+    {"AL": …, "LAAL": …, "AP": …, "DAL": …, "BLEU": …, "chrF": …,
+     "scored": n, "skipped_empty": n, "latency_unit": "word"}
+
+Latency follows SimulEval 1.1.x (:mod:`reward.latency`): |Y| is the reference length when
+the instance has a reference, else the hypothesis length; empty predictions are left out of
+the means and counted in ``skipped_empty``. BLEU and chrF appear only when every instance has
+a reference (BLEU with sacrebleu's ``zh`` tokenizer for the char unit, else ``13a``).
+Every malformed line raises :class:`UserInputError` naming ``FILE:LINE``: exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestration.errors import UserInputError
+from reward.latency import METRICS, LatencyScores, corpus_latency, score_instance
+from reward.text_metrics import (
+    Unit, bleu_tokenizer, corpus_bleu, corpus_chrf, count_units, reference_length)
+
+
+@dataclass(frozen=True)
+class ScoredInstance:
+    """One validated line of the instances file and its latency scores."""
+
+    index: int
+    prediction: str
+    reference: str | None
+    scores: LatencyScores | None
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass in Python but never a valid length or delay.
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _parse_line(text: str, where: str, position: int, unit: Unit) -> ScoredInstance:
+    """Validate one JSON line and score it; ``where`` is ``FILE:LINE`` for messages."""
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(info, dict):
+        raise UserInputError(f"{where}: expected a JSON object, got {type(info).__name__}")
+
+    for key in ("source_length", "delays", "prediction"):
+        if key not in info:
+            raise UserInputError(f"{where}: missing field '{key}'")
+    source_length = info["source_length"]
+    delays = info["delays"]
+    prediction = info["prediction"]
+    reference = info.get("reference")
+    index = info.get("index", position)
+
+    if not _is_number(source_length):
+        raise UserInputError(f"{where}: 'source_length' must be a number, got {source_length!r}")
+    if source_length < 0:
+        raise UserInputError(f"{where}: 'source_length' must not be negative, got {source_length!r}")
+    if not isinstance(delays, list) or not all(_is_number(d) for d in delays):
+        raise UserInputError(f"{where}: 'delays' must be a list of finite numbers")
+    if any(d < 0 for d in delays):
+        raise UserInputError(f"{where}: 'delays' must not contain negative values")
+    if not isinstance(prediction, str):
+        raise UserInputError(f"{where}: 'prediction' must be a string, got {type(prediction).__name__}")
+    if reference is not None and not isinstance(reference, str):
+        raise UserInputError(f"{where}: 'reference' must be a string or null, got {type(reference).__name__}")
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise UserInputError(f"{where}: 'index' must be an integer, got {index!r}")
+
+    # SimulEval records one delay per target unit written.
+    units = count_units(prediction, unit)
+    if units != len(delays):
+        raise UserInputError(
+            f"{where}: {len(delays)} delays but the prediction has {units} {unit} unit(s); "
+            f"SimulEval writes one delay per unit (is --latency-unit right?)")
+    ref_len = None
+    if reference is not None:
+        if not reference.strip():
+            # SimulEval divides by the reference length (zero for the char unit): no score exists.
+            raise UserInputError(f"{where}: 'reference' is empty; use null for no reference")
+        ref_len = reference_length(reference, unit)
+    if delays and source_length == 0:
+        raise UserInputError(f"{where}: 'source_length' is 0 but the prediction is not empty")
+
+    return ScoredInstance(index=index, prediction=prediction, reference=reference,
+                          scores=score_instance(delays, source_length, ref_len))
+
+
+def read_instances(path: Path, unit: Unit) -> list[ScoredInstance]:
+    """Parse and score every line of an instances file (UserInputError on the first bad one)."""
+    if not path.is_file():
+        raise UserInputError(f"{path}: instances file not found; pass an existing JSON lines file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    out: list[ScoredInstance] = []
+    for lineno, line in enumerate(lines, start=1):
+        where = f"{path}:{lineno}"
+        if not line.strip():
+            raise UserInputError(f"{where}: blank line; every line must be one JSON instance")
+        out.append(_parse_line(line, where, len(out), unit))
+    if not out:
+        raise UserInputError(f"{path}: no instances (the file is empty)")
+    return out
+
+
+def summarize(instances: list[ScoredInstance], unit: Unit,
+              per_instance: bool = False) -> dict[str, Any]:
+    """The JSON object that ``score`` prints."""
+    means, scored, skipped = corpus_latency(ins.scores for ins in instances)
+    result: dict[str, Any] = dict(means)
+    if all(ins.reference is not None for ins in instances):
+        hyps = [ins.prediction for ins in instances]
+        refs = [ins.reference or "" for ins in instances]
+        result["BLEU"] = corpus_bleu(hyps, refs, tokenize=bleu_tokenizer(unit))
+        result["chrF"] = corpus_chrf(hyps, refs)
+    result.update(scored=scored, skipped_empty=skipped, latency_unit=unit)
+    if per_instance:
+        result["instances"] = [
+            {"index": ins.index,
+             **{m: (getattr(ins.scores, m) if ins.scores else None) for m in METRICS}}
+            for ins in instances]
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    unit: Unit = args.latency_unit
+    instances = read_instances(Path(args.instances), unit)
+    result = summarize(instances, unit, per_instance=bool(args.per_instance))
+    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return 0

@@ -1,0 +1,89 @@
+"""Text units and string-based quality metrics (BLEU, chrF) on top of sacrebleu.
+
+Units follow SimulEval 1.1.x (``--eval-latency-unit``), so lengths and delays line up with
+published numbers:
+
+- a hypothesis is split into units the way SimulEval splits the text an agent writes:
+  ``word`` = whitespace split, ``char`` = every character except the ASCII space (Chinese);
+- a reference is measured the way SimulEval's ``reference_length`` does it:
+  ``word`` = ``len(text.split(" "))`` (single spaces), ``char`` = ``len(text.strip())``
+  (spaces inside the text count). For a stripped, single-spaced reference in a word unit and
+  a reference without inner spaces in the char unit the two counts agree.
+
+sacrebleu is imported inside the functions: callers that only count units never load it.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Literal, Sequence
+
+if TYPE_CHECKING:
+    from sacrebleu.metrics import CHRF
+
+Unit = Literal["word", "char"]
+UNITS: tuple[str, ...] = ("word", "char")
+
+
+def _check_unit(unit: str) -> None:
+    if unit not in UNITS:
+        raise ValueError(f"unknown latency unit {unit!r}; expected one of {', '.join(UNITS)}")
+
+
+def split_units(text: str, unit: Unit) -> list[str]:
+    """The target units of a hypothesis; SimulEval writes one delay per unit."""
+    _check_unit(unit)
+    if unit == "word":
+        return text.split()
+    # SimulEval removes only " " for the char unit: other whitespace would count as a unit.
+    return list(text.replace(" ", ""))
+
+
+def count_units(text: str, unit: Unit) -> int:
+    """Number of hypothesis units: ``len(delays)`` of a consistent SimulEval instance."""
+    return len(split_units(text, unit))
+
+
+def reference_length(text: str, unit: Unit) -> int:
+    """Reference length as SimulEval's ``Instance.reference_length`` computes it (|Y| of AL/AP)."""
+    _check_unit(unit)
+    if unit == "word":
+        return len(text.split(" "))
+    return len(text.strip())
+
+
+def bleu_tokenizer(unit: Unit) -> str:
+    """sacrebleu tokenizer for a target measured in ``unit``: 'zh' for characters, else '13a'."""
+    _check_unit(unit)
+    return "zh" if unit == "char" else "13a"
+
+
+def _check_pairs(hyps: Sequence[str], refs: Sequence[str]) -> None:
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
+
+
+def corpus_bleu(hyps: Sequence[str], refs: Sequence[str], tokenize: str = "13a") -> float:
+    """Corpus BLEU (sacrebleu, one reference per hypothesis), as SimulEval's BLEU scorer."""
+    from sacrebleu.metrics import BLEU
+
+    _check_pairs(hyps, refs)
+    return float(BLEU(tokenize=tokenize).corpus_score(list(hyps), [list(refs)]).score)
+
+
+@lru_cache(maxsize=1)
+def _chrf() -> "CHRF":
+    # One scorer object: sentence_chrf runs once per trajectory in the reward loop.
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
+
+
+def corpus_chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Corpus chrF (sacrebleu defaults: chrF2, character 6-grams, no word n-grams)."""
+    _check_pairs(hyps, refs)
+    return float(_chrf().corpus_score(list(hyps), [list(refs)]).score)
+
+
+def sentence_chrf(hyp: str, ref: str) -> float:
+    """chrF of one hypothesis against one reference, on the 0-100 scale."""
+    return float(_chrf().sentence_score(hyp, [ref]).score)
