@@ -37,12 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unit of delays and lengths: word (whitespace) or char (Chinese)")
     p.add_argument("--per-instance", action="store_true", help="add per-instance latency scores")
     p.set_defaults(handler="orchestration.score_cmd:main")
+
+    p = sub.add_parser("bench", help="measure speed or metric quality; writes DIR/bench_<kind>.json")
+    p.add_argument("kind", choices=sorted(BENCHMARKS), help="what to measure")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the JSON result")
+    _config_args(p)
     return parser
+
+
+# benchmark kind -> handler; each writes DIR/bench_<kind>.json with ratios against a baseline
+BENCHMARKS = {
+    "rollout": "orchestration.bench_rollout:main",
+    "reward": "orchestration.bench_reward:main",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    module_name, func_name = args.handler.split(":")
+    handler = BENCHMARKS[args.kind] if args.command == "bench" else args.handler
+    module_name, func_name = handler.split(":")
     from orchestration.errors import UserInputError
 
     try:
