@@ -1,0 +1,151 @@
+"""Run many streaming episodes in lock-step over any generation backend (DESIGN §2.1).
+
+Step t of every still-active trajectory goes into ONE batched ``generate`` call, so the
+engine sees B·N requests per step and, with vLLM's prefix cache, recomputes only each
+trajectory's new user turn. The backend is anything with :meth:`GenerationBackend.generate`:
+vLLM (``rollout.engine``) or plain transformers (``rollout.hf_backend``, the baseline).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from rollout.config import EpisodeConfig
+from rollout.episode import ChatLayout, Episode, Trajectory, hf_codec, system_prompt_for
+from rollout.units import DEFAULT_CHUNK_SIZE, unit_of
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling of one rollout call; temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class GenerationResult:
+    """What a backend returns per prompt."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    prompt_tokens: int
+    cached_prompt_tokens: int = 0     # prompt tokens served from a prefix cache
+
+
+class GenerationBackend(Protocol):
+    def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],
+                 sampling: Sampling) -> list[GenerationResult]: ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """One sentence to translate, with its place in the data set."""
+
+    index: int
+    text: str
+    src_lang: str
+    tgt_lang: str
+    reference: str | None = None
+
+
+@dataclass
+class RolloutStats:
+    """Counters of one rollout call (summed over steps)."""
+
+    steps: int = 0
+    trajectories: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    appended_tokens: int = 0          # observation tokens appended after step 1 (new user turns)
+    generate_s: float = 0.0
+    wall_s: float = 0.0
+    per_step: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def recomputed_prompt_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_prompt_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "per_step"}
+        d["recomputed_prompt_tokens"] = self.recomputed_prompt_tokens
+        d["prefix_cache_hit_share"] = (self.cached_prompt_tokens / self.prompt_tokens
+                                       if self.prompt_tokens else 0.0)
+        d["generated_tokens_per_s"] = self.generated_tokens / self.wall_s if self.wall_s else 0.0
+        d["per_step"] = self.per_step
+        return d
+
+
+class EpisodeFactory:
+    """Builds episodes of one model's chat template from the episode config."""
+
+    def __init__(self, tokenizer: Any, cfg: EpisodeConfig):
+        self.cfg = cfg
+        self.layout = ChatLayout.from_tokenizer(tokenizer)
+        self.encode, self.decode, self.end_of_turn_id = hf_codec(tokenizer)
+
+    def chunk_size(self, src_lang: str) -> int:
+        return self.cfg.chunk_size or DEFAULT_CHUNK_SIZE[unit_of(src_lang)]
+
+    def make(self, source: Source) -> Episode:
+        system = system_prompt_for(self.cfg.system_prompt, source.src_lang, source.tgt_lang,
+                                   self.cfg.end_marker)
+        return Episode(self.layout, self.encode, self.decode, source=source.text,
+                       system_prompt=system, end_marker=self.cfg.end_marker,
+                       source_unit=unit_of(source.src_lang), target_unit=unit_of(source.tgt_lang),
+                       chunk_size=self.chunk_size(source.src_lang),
+                       end_of_turn_id=self.end_of_turn_id)
+
+
+def run_episodes(backend: GenerationBackend, factory: EpisodeFactory, sources: Sequence[Source],
+                 group_size: int, sampling: Sampling,
+                 on_step: Callable[[int, int], None] | None = None
+                 ) -> tuple[list[Trajectory], RolloutStats]:
+    """Run ``group_size`` episodes per source in lock-step; trajectories come back grouped
+    (all of source 0, then source 1, ...) with ``meta`` naming source index and sample.
+    """
+    cfg = factory.cfg
+    episodes = [factory.make(src) for src in sources for _ in range(group_size)]
+    stats = RolloutStats(trajectories=len(episodes))
+    start = time.perf_counter()
+    step = 0
+    while True:
+        active = [ep for ep in episodes if not ep.done]
+        if not active:
+            break
+        step += 1
+        prompts = [ep.prompt_ids for ep in active]
+        caps = [cfg.max_new_tokens_final if ep.is_last_step else cfg.max_new_tokens_per_step
+                for ep in active]
+        t0 = time.perf_counter()
+        results = backend.generate(prompts, caps, sampling)
+        dt = time.perf_counter() - t0
+        appended = 0
+        for ep, res in zip(active, results):
+            before = len(ep.token_ids) + len(res.token_ids)
+            ep.add_action(res.token_ids, res.logprobs)
+            appended += len(ep.token_ids) - before
+        step_prompt = sum(r.prompt_tokens for r in results)
+        step_cached = sum(r.cached_prompt_tokens for r in results)
+        step_gen = sum(len(r.token_ids) for r in results)
+        stats.steps = step
+        stats.generated_tokens += step_gen
+        stats.prompt_tokens += step_prompt
+        stats.cached_prompt_tokens += step_cached
+        stats.appended_tokens += appended
+        stats.generate_s += dt
+        stats.per_step.append({
+            "step": step, "active": len(active), "prompt_tokens": step_prompt,
+            "recomputed_prompt_tokens": step_prompt - step_cached,
+            "appended_tokens": appended, "generated_tokens": step_gen, "seconds": dt})
+        if on_step is not None:
+            on_step(step, len(active))
+    stats.wall_s = time.perf_counter() - start
+    trajectories = []
+    for k, ep in enumerate(episodes):
+        src = sources[k // group_size]
+        trajectories.append(ep.trajectory(source_index=src.index, sample=k % group_size,
+                                          chunk_size=ep.chunk_size))
+    return trajectories, stats
