@@ -1,6 +1,8 @@
 """Typed configuration of the rollout component (streaming episodes)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -32,10 +34,48 @@ class EpisodeConfig(BaseModel):
         128, ge=1, le=8192, description="generation cap for the last step (source complete)")
 
 
+class SamplingConfig(BaseModel):
+    """How trajectories are sampled during training rollouts."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    group_size: int = Field(4, ge=1, le=256, description="trajectories per source (GRPO group B)")
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="sampling temperature; 0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+
+
+class EngineConfig(BaseModel):
+    """The vLLM engine of each rollout worker (CPU values are the measured good ones)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_model_len: int = Field(2048, ge=128, le=1_048_576, description="longest episode in tokens")
+    block_size: int | None = Field(
+        32, ge=16, le=256, description="KV block size; 32 is the smallest vLLM's CPU build takes; null = vLLM default")
+    enable_prefix_caching: bool = Field(True, description="reuse earlier steps' KV across streaming steps")
+    enforce_eager: bool = Field(True, description="skip graph capture/compilation (CPU: 30 s start instead of 95 s)")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per engine (tensor parallel)")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=0.99, description="share of GPU memory for the engine (GPU only)")
+    cpu_kv_cache_gib: int = Field(4, ge=1, le=4096, description="KV cache size on CPU (GiB)")
+    cpu_threads: str = Field(
+        "all", min_length=1, max_length=200, pattern=r"^(all|[0-9,\-|]+)$",
+        description="CPU cores the engine's OpenMP threads bind to: 'all' or a list like 0-1")
+    enable_lora: bool = Field(False, description="start the engine with LoRA support (weight_sync=adapter)")
+    max_lora_rank: int = Field(16, ge=1, le=512, description="largest LoRA rank the engine accepts")
+
+
 class RolloutConfig(BaseModel):
-    """Rollout workers: the streaming episode layout and its sampling."""
+    """Rollout workers: the streaming episode layout, sampling, engines and weight sync."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     episode: EpisodeConfig = Field(
         default_factory=EpisodeConfig, description="streaming episode layout")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="training sampling")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine settings")
+    num_workers: int = Field(1, ge=1, le=4096, description="rollout worker replicas (one engine each)")
+    num_cpus_per_worker: float = Field(1.0, ge=0.0, le=1024.0, description="Ray CPUs reserved per worker")
+    num_gpus_per_worker: float = Field(0.0, ge=0.0, le=64.0, description="Ray GPUs reserved per worker")
+    weight_sync: Literal["merged", "adapter", "full"] = Field(
+        "merged", description="how new weights reach the engines: merged LoRA delta, LoRA adapter, all weights")

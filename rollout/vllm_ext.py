@@ -1,0 +1,25 @@
+"""Methods added to vLLM's worker (``worker_extension_cls``): load new weights in place.
+
+``collective_rpc`` turns tensors into lists on the way, so tensors travel as one
+safetensors-serialised ``bytes`` object and are rebuilt inside the worker.
+"""
+from __future__ import annotations
+
+
+class WeightLoaderExtension:
+    """Mixed into vLLM's worker class; ``self`` is the worker."""
+
+    def simulrl_load_tensors(self, payload: bytes) -> int:
+        from safetensors.torch import load
+
+        tensors = load(payload)
+        runner = self.model_runner
+        runner.reload_weights(weights_iterator=iter(tensors.items()))
+        model = runner.get_model()
+        lm_head = getattr(model, "lm_head", None)
+        tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+        if tied and lm_head is not None and hasattr(lm_head, "quant_method"):
+            # With tied embeddings the CPU lm_head keeps its own packed copy of the weights:
+            # repack it from the freshly loaded embedding.
+            lm_head.quant_method.process_weights_after_loading(lm_head)
+        return len(tensors)
