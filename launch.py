@@ -53,7 +53,14 @@ BENCHMARKS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options given after them (bench KIND --out D k=v)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
     handler = BENCHMARKS[args.kind] if args.command == "bench" else args.handler
     module_name, func_name = handler.split(":")
     from orchestration.errors import UserInputError

@@ -1,0 +1,37 @@
+"""Process-level helpers of the driver: atomic file writes and connecting to Ray."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestration.errors import UserInputError
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write JSON to a temp file and rename it: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def start_ray(address: str | None, num_cpus: int | None, log_to_driver: bool = True) -> bool:
+    """Join ``address`` (or $RAY_ADDRESS) or start a local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a local instance needs no token
+    try:
+        ray.init(address=address, num_cpus=None if address else num_cpus,
+                 include_dashboard=False, log_to_driver=log_to_driver)
+    except ConnectionError as exc:
+        raise UserInputError(f"ray.address={address}: cannot reach a Ray cluster there ({exc}); "
+                             "start one with `ray start --head` or unset ray.address") from None
+    return True

@@ -1,0 +1,111 @@
+"""Calling RewardService replicas: sharding, and restarting a replica that died.
+
+``RewardClient`` owns ``settings.replicas`` actors. A call splits its groups into one
+contiguous shard per replica, runs the shards in parallel and concatenates the answers in
+input order. When a replica's process has died (``ray.exceptions.RayActorError``) the
+client starts a new replica in its place and sends it the same shard once more; the
+service keeps no state between calls, so redoing a shard loses and double-counts nothing.
+A second failure of the same shard is raised.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence, TypeVar
+
+import ray
+from ray.exceptions import RayActorError
+
+from reward.service import create_reward_service
+from reward.types import (
+    QualityBatch, QualityItem, RewardInput, RewardSettings, ScoreBatch, ScorerInfo)
+
+T = TypeVar("T")
+ActorFactory = Callable[[RewardSettings], Any]
+
+
+def shard(items: Sequence[T], parts: int) -> list[list[T]]:
+    """Split into at most ``parts`` contiguous, non-empty, near-equal shards (order kept)."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(list(items[start:end]))
+        start = end
+    return [s for s in out if s]
+
+
+class RewardClient:
+    """Replicas of the reward service behind one ``score`` / ``quality`` call."""
+
+    def __init__(self, settings: RewardSettings, factory: ActorFactory = create_reward_service) -> None:
+        self.settings = settings
+        self._factory = factory
+        self.actors = [factory(settings) for _ in range(settings.replicas)]
+        self.restarts = 0
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        """Block until every replica has built its scorer; a failed start raises RuntimeError."""
+        try:
+            return ray.get([a.info.remote() for a in self.actors])
+        except RayActorError as exc:
+            # Usually the scorer's constructor failed (missing checkpoint, bad interpreter).
+            raise RuntimeError(f"a reward service replica failed to start: {exc}") from None
+
+    def _restart(self, index: int) -> None:
+        try:
+            ray.kill(self.actors[index], no_restart=True)
+        except Exception:  # already gone: nothing to clean up
+            pass
+        self.actors[index] = self._factory(self.settings)
+        self.restarts += 1
+
+    def _call(self, method: str, shards: list[list[Any]]) -> list[Any]:
+        """``method(shard)`` on replica i for shard i; a dead replica is replaced and retried once."""
+        refs = [getattr(self.actors[i], method).remote(s) for i, s in enumerate(shards)]
+        results = []
+        for i, (ref, part) in enumerate(zip(refs, shards)):
+            try:
+                results.append(ray.get(ref))
+            except RayActorError:
+                self._restart(i)
+                results.append(ray.get(getattr(self.actors[i], method).remote(part)))
+        return results
+
+    def score(self, groups: Sequence[Sequence[RewardInput]]) -> ScoreBatch:
+        """Fused rewards of every group, in input order, with timing of the slowest replica."""
+        start = time.perf_counter()
+        batches: list[ScoreBatch] = self._call("score", shard(groups, len(self.actors))) if groups else []
+        wall = time.perf_counter() - start
+        if not batches:
+            return ScoreBatch([], self._scorer_placeholder(), 0, 0, 0.0, 0.0, {"client_seconds": wall})
+        return ScoreBatch(
+            groups=[g for b in batches for g in b.groups], scorer=batches[0].scorer,
+            segments=sum(b.segments for b in batches), scored_segments=sum(b.scored_segments for b in batches),
+            seconds=max(b.seconds for b in batches), quality_seconds=max(b.quality_seconds for b in batches),
+            stats={"client_seconds": wall, "replicas": len(batches), "restarts": self.restarts})
+
+    def quality(self, items: Sequence[QualityItem]) -> QualityBatch:
+        """Raw quality scores of ``items`` in order (see ``RewardWorker.quality``)."""
+        start = time.perf_counter()
+        batches: list[QualityBatch] = self._call("quality", shard(items, len(self.actors))) if items else []
+        wall = time.perf_counter() - start
+        if not batches:
+            return QualityBatch([], self._scorer_placeholder(), 0.0, {"client_seconds": wall})
+        return QualityBatch(
+            scores=[s for b in batches for s in b.scores], scorer=batches[0].scorer,
+            seconds=max(b.seconds for b in batches),
+            stats={"client_seconds": wall, "replicas": len(batches), "restarts": self.restarts})
+
+    def _scorer_placeholder(self) -> ScorerInfo:
+        # Nothing was scored: name the configured scorer without asking a replica.
+        return ScorerInfo(self.settings.quality, self.settings.comet_model)
+
+    def close(self) -> None:
+        """Stop every replica."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already dead
+                pass
+        self.actors = []

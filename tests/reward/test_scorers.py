@@ -1,0 +1,163 @@
+"""Quality scorers, the batched group scoring, reward settings and the ablation configs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sacrebleu.metrics import BLEU, CHRF
+
+from orchestration.config_loader import ConfigError, load_config
+from reward.config import RewardConfig
+from reward.fusion import fuse_group, raw_latency
+from reward.scorers import QUALITY_SCORERS, BleuScorer, ChrfScorer, build_scorer
+from reward.service import RewardWorker, actor_options, score_groups
+from reward.types import QualityItem, RewardInput, RewardSettings, unit_of_language
+from rollout.units import unit_of
+
+REPO = Path(__file__).resolve().parents[2]
+PAIRS = [("Die Katze sitzt auf der Matte.", "The cat sits on the mat.", "The cat is sitting on the mat."),
+         ("Guten Morgen", "Good morning", "Good morning!"),
+         ("Hallo", "", "Hello")]
+
+
+def test_chrf_equals_sacrebleu_sentence_chrf():
+    items = [QualityItem(s, h, r) for s, h, r in PAIRS]
+    expected = [CHRF().sentence_score(h, [r]).score for _, h, r in PAIRS]
+    assert ChrfScorer().score(items) == expected
+    assert ChrfScorer().info.name == "chrf" and "version" in ChrfScorer().info.signature
+
+
+def test_bleu_uses_the_zh_tokenizer_for_chinese_targets():
+    hyp, ref = "我们是中国人民", "我们都是中国人"
+    zh = BleuScorer().score([QualityItem("we are", hyp, ref, unit_of_language("zh"))])[0]
+    assert zh == BLEU(tokenize="zh", effective_order=True).sentence_score(hyp, [ref]).score
+    assert zh > 0
+    # with 13a the unsegmented Chinese string is one token: no match at all
+    assert BleuScorer().score([QualityItem("we are", hyp, ref, "word")])[0] == 0.0
+    en = BleuScorer().score([QualityItem(*PAIRS[0])])[0]
+    assert en == BLEU(tokenize="13a", effective_order=True).sentence_score(PAIRS[0][1], [PAIRS[0][2]]).score
+
+
+def test_registry_and_unknown_names():
+    assert set(QUALITY_SCORERS) == {"chrf", "bleu", "comet"}
+    assert build_scorer(RewardSettings(quality="bleu")).info.name == "bleu"
+    with pytest.raises(ValueError, match="unknown quality scorer 'meteor'"):
+        build_scorer(RewardSettings(quality="meteor"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs reward.comet_model"):
+        build_scorer(RewardSettings(quality="comet"))
+
+
+@pytest.mark.parametrize("lang", ["zh", "ja", "zh-Hans", "de", "en", "EN-us"])
+def test_target_units_agree_with_rollout(lang):
+    assert unit_of_language(lang) == unit_of(lang)
+
+
+class CountingChrf(ChrfScorer):
+    """The real chrF scorer, counting its calls (to check batching)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def score(self, items):
+        self.calls.append(len(items))
+        return super().score(items)
+
+
+def _group(src: str, ref: str, hyps: list[tuple[str, list[int]]], lang: str = "en") -> list[RewardInput]:
+    n = len(src.split())
+    return [RewardInput(src, ref, h, d, n, lang, 3) for h, d in hyps]
+
+
+GROUPS = [
+    _group("a b c d e f", "the cat sat on the mat",
+           [("the cat sat", [3, 3, 6]), ("", []), ("a cat sat on a mat", [3, 3, 3, 6, 6, 6])]),
+    _group("g h i", "good morning", [("good morning", [3, 3]), ("morning", [3])]),
+    _group("j k l m", "我们是中国人", [("我们是人", [3, 3, 4, 4]), ("我们", [4, 4])], lang="zh"),
+]
+
+
+def test_score_groups_batches_all_groups_in_one_call_and_fuses_each():
+    scorer = CountingChrf()
+    settings = RewardSettings()
+    results, scored, _ = score_groups(GROUPS, scorer, settings)
+    assert scorer.calls == [6]  # 7 trajectories, the empty one is not scored: one call
+    assert scored == 6
+    for group, result in zip(GROUPS, results):
+        lats = [raw_latency(t) for t in group]
+        q = [None if lat is None else CHRF().sentence_score(t.hypothesis, [t.reference]).score
+             for t, lat in zip(group, lats)]
+        expected = fuse_group(q, lats, chunk_size=3, source_length=group[0].source_length,
+                              scorer=scorer.info)
+        assert result == expected
+    assert results[0].trajectories[1].empty and results[0].scorer.name == "chrf"
+
+
+def test_worker_reports_time_and_throughput():
+    worker = RewardWorker(RewardSettings(latency_metric="laal", lam=1.0))
+    batch = worker.score(GROUPS)
+    assert batch.segments == 7 and batch.scored_segments == 6 and batch.seconds > 0
+    assert batch.segments_per_s > 0 and batch.stats["calls"] == 1
+    assert worker.quality([QualityItem(*PAIRS[0])]).scores == [CHRF().sentence_score(PAIRS[0][1], [PAIRS[0][2]]).score]
+    assert worker.stats()["segments"] == 8
+
+
+def test_a_group_must_share_its_source():
+    mixed = [GROUPS[0][0], GROUPS[1][0]]
+    with pytest.raises(ValueError, match="group 0 mixes sources"):
+        score_groups([mixed], ChrfScorer(), RewardSettings())
+
+
+def test_comet_actor_options_use_the_comet_interpreter():
+    opts = actor_options(RewardSettings(quality="comet", comet_model="x", device="cuda"))
+    assert opts["runtime_env"]["py_executable"] == str(REPO / ".venv-comet" / "bin" / "python")
+    assert opts["num_gpus"] == 1
+    assert "runtime_env" not in actor_options(RewardSettings())
+    with pytest.raises(FileNotFoundError, match="reward.comet_python"):
+        actor_options(RewardSettings(quality="comet", comet_model="x", comet_python="nope/python"))
+
+
+# --- configuration --------------------------------------------------------------------------
+
+def test_config_to_settings_and_comet_needs_a_model():
+    cfg = load_config(None, ["reward.quality=bleu", "reward.lam=0.5", "reward.truncate=normalized",
+                             "reward.truncate_c=-0.5", "reward.replicas=2"])
+    s = cfg.reward.settings()
+    assert (s.quality, s.lam, s.truncate, s.truncate_c, s.replicas) == ("bleu", 0.5, "normalized", -0.5, 2)
+    assert RewardConfig().settings() == RewardSettings()  # one set of defaults
+    with pytest.raises(ConfigError, match="quality=comet needs reward.comet_model"):
+        load_config(None, ["reward.quality=comet"])
+    with pytest.raises(ConfigError, match="reward.truncate: Input should be 'raw', 'normalized' or 'none'"):
+        load_config(None, ["reward.truncate=clip"])
+    with pytest.raises(ConfigError, match="reward.lam: Input should be less than or equal to 100"):
+        load_config(None, ["reward.lam=1000"])
+
+
+ABLATIONS = {
+    "lambda-0.5": {"lam": 0.5}, "lambda-1": {"lam": 1.0}, "lambda-2": {"lam": 2.0},
+    "lambda-4": {"lam": 4.0}, "no-truncation": {"truncate": "none"}, "laal": {"latency_metric": "laal"},
+    "quality-only": {"mode": "quality_only"}, "latency-only": {"mode": "latency_only"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_configs_load(name):
+    path = REPO / "configs" / "ablations" / f"{name}.yaml"
+    assert path.read_text().splitlines()[1] == "base: ../default.yaml"
+    cfg = load_config(path)
+    default = load_config(REPO / "configs" / "default.yaml")
+    for key, value in ABLATIONS[name].items():
+        assert getattr(cfg.reward, key) == value
+    # everything else is the default run
+    changed = {k for k, v in cfg.reward.model_dump().items() if v != getattr(default.reward, k)}
+    assert changed <= set(ABLATIONS[name])
+    assert cfg.run.name == f"ablation-{name}"
+
+
+def test_every_ablation_file_is_tested():
+    assert {p.stem for p in (REPO / "configs" / "ablations").glob("*.yaml")} == set(ABLATIONS)
+
+
+def test_bench_config_loads():
+    cfg = load_config(REPO / "configs" / "bench" / "reward-chrf.yaml")
+    assert cfg.reward.quality == "chrf"
