@@ -62,16 +62,19 @@ def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     (one value per trajectory, broadcast to its action tokens).
     """
     mask = mask.to(logp.dtype)
+    on = mask > 0
     adv = advantages.to(logp.dtype).unsqueeze(-1)
-    ratio = torch.exp(logp - old_logp)
+    # Off-action positions are forced to ratio 1 / KL 0 before exp: a large log-ratio there would
+    # overflow to inf, and inf * 0 (the mask) is NaN in the loss and its gradient.
+    ratio = torch.exp(torch.where(on, logp - old_logp, torch.zeros_like(logp)))
     unclipped = -adv * ratio
     clipped_obj = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped_obj)
-    clipped = (clipped_obj > unclipped) & (mask > 0)
+    clipped = (clipped_obj > unclipped) & on
     if kl_coef > 0.0:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs ref_logp")
-        kl = k3_kl(logp, ref_logp)
+        kl = k3_kl(logp, torch.where(on, ref_logp, logp))
         loss = loss + kl_coef * kl
     else:
         kl = torch.zeros_like(logp)

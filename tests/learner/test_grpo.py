@@ -81,3 +81,17 @@ def test_aggregation_is_split_invariant(mode):
         assert torch.allclose(whole, per_seq.mean())
     with pytest.raises(ValueError, match="unknown aggregation"):
         aggregate_loss(loss, mask, "sum", tokens, seqs)
+
+
+def test_off_action_positions_cannot_overflow_into_nan():
+    # a prompt position where the recomputed log-prob is far from the value passed as old/ref
+    # (e.g. 0 from the rollout): exp overflows to inf, and inf * mask 0 would be NaN
+    logp = torch.tensor([[-200.0, -1.0]], requires_grad=True)
+    zeros = torch.zeros(1, 2)
+    mask = torch.tensor([[0, 1]])
+    out = grpo_token_loss(logp, zeros - 1.0, torch.tensor([1.0]), mask, 0.2, 0.2,
+                          kl_coef=0.1, ref_logp=zeros)
+    total = aggregate_loss(out.loss, mask, "token-mean", 1, 1)
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(logp.grad).all() and logp.grad[0, 0] == 0
+    assert out.ratio[0, 0] == 1.0 and out.kl[0, 0] == 0.0

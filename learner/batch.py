@@ -1,0 +1,68 @@
+"""What the learner trains on: trajectories as token ids, action masks, advantages and the
+rollout's log-probs (DESIGN §2.1 token-in / token-out). No chat templates, no chunks.
+
+Plain Python (no torch import) so the driver can build and shard batches cheaply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainTrajectory:
+    """One trajectory. ``action_mask[k] == 1`` marks a sampled token; it is scored by the model's
+    prediction at position k-1, so ``action_mask[0]`` must be 0. ``rollout_logprobs`` has one
+    value per token (the sampler's log-prob on action tokens, ignored elsewhere)."""
+
+    token_ids: list[int]
+    action_mask: list[int]
+    advantage: float
+    rollout_logprobs: list[float]
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids)
+        if n == 0:
+            raise ValueError("empty trajectory")
+        if len(self.action_mask) != n or len(self.rollout_logprobs) != n:
+            raise ValueError(f"token_ids ({n}), action_mask ({len(self.action_mask)}) and rollout_logprobs "
+                             f"({len(self.rollout_logprobs)}) must have the same length")
+        if self.action_mask[0]:
+            raise ValueError("action_mask[0] must be 0: the first token has no prediction")
+        if any(m not in (0, 1) for m in self.action_mask):
+            raise ValueError("action_mask holds 0/1 only")
+
+    @property
+    def num_actions(self) -> int:
+        return sum(self.action_mask)
+
+
+@dataclass
+class TrainBatch:
+    """A list of trajectories: a whole rollout batch or one rank's shard of it."""
+
+    trajectories: list[TrainTrajectory] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    def counts(self) -> dict[str, int]:
+        """Action tokens, and trajectories with at least one action (the aggregation denominators)."""
+        return {"tokens": sum(t.num_actions for t in self.trajectories),
+                "sequences": sum(1 for t in self.trajectories if t.num_actions > 0)}
+
+    def split(self, n: int) -> list["TrainBatch"]:
+        """``n`` shards balanced in trajectories (±1) and in tokens: deal longest-first round-robin.
+
+        The order inside a shard does not change the update (aggregation is over the global batch).
+        """
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        if len(self.trajectories) < n:
+            raise ValueError(f"{len(self.trajectories)} trajectories cannot fill {n} shards")
+        order = sorted(range(len(self.trajectories)), key=lambda i: -len(self.trajectories[i].token_ids))
+        shards: list[list[TrainTrajectory]] = [[] for _ in range(n)]
+        for pos, i in enumerate(order):
+            # boustrophedon: 0..n-1, n-1..0, ... keeps token counts close
+            lap, k = divmod(pos, n)
+            shards[k if lap % 2 == 0 else n - 1 - k].append(self.trajectories[i])
+        return [TrainBatch(s) for s in shards]

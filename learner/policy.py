@@ -1,0 +1,147 @@
+"""The policy model: building it (peft LoRA or full weights), padding trajectories into
+tensors, and per-token log-probs of a whole trajectory in one forward (DESIGN §2.1 c, §2.3).
+
+Plain torch / transformers / peft; no Ray, no DeepSpeed. The reference policy is the same
+network with the adapter disabled (LoRA), or, for full fine-tuning with ``kl_beta > 0``, a
+frozen copy of the initial weights: one more model in memory on every rank (2 bytes per
+parameter in bf16, never sharded by ZeRO); set ``kl_beta: 0`` to train without it.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from learner.batch import TrainBatch, TrainTrajectory
+from learner.config import LearnerConfig
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_model_path(model_path: str | Path) -> str:
+    """A local directory as an absolute path; anything else is passed on as a hub id."""
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.is_absolute() or str(model_path).startswith("."):
+        raise FileNotFoundError(f"model directory {model_path} does not exist")
+    return str(model_path)
+
+
+def load_causal_lm(model_path: str | Path, dtype: str, gradient_checkpointing: bool = False):
+    """``AutoModelForCausalLM`` from a local directory or hub id, without a KV cache."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_path), dtype=DTYPES[dtype])
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        # non-reentrant: works with a frozen base (inputs of checkpointed blocks need no grad)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def build_policy(model_path: str | Path, cfg: LearnerConfig, seed: int = 0):
+    """The trainable policy and its reference: ``(policy, reference)``.
+
+    LoRA: ``policy`` is a ``PeftModel`` (adapter weights in fp32, base in ``cfg.dtype``, frozen)
+    and ``reference`` is None (adapter disabled at scoring time). Full fine-tuning: ``policy``
+    is the plain model and ``reference`` a frozen copy if ``cfg.kl_beta > 0``, else None.
+    """
+    torch.manual_seed(seed)   # LoRA A is randomly initialised: same seed, same adapter on every rank
+    model = load_causal_lm(model_path, cfg.dtype, cfg.gradient_checkpointing)
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+        return get_peft_model(model, lora), None
+    reference = None
+    if cfg.kl_beta > 0:
+        reference = load_causal_lm(model_path, cfg.dtype).eval().requires_grad_(False)
+    return model, reference
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def _decoder_and_head(model):
+    base = model.get_base_model() if is_peft(model) else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[b, k] = log p(input_ids[b, k] | input_ids[b, :k])`` in fp32, one forward for the batch.
+
+    Right-padded [batch, seq] inputs. Only positions where ``token_mask`` (default:
+    ``attention_mask``) is 1 are scored; position 0 and all others are 0. The decoder runs
+    once; the lm_head sees only the gathered (contiguous) hidden states of the positions that
+    predict a scored token: a bf16 GEMM on a non-contiguous input is ~10x slower on CPU
+    (DESIGN §4), and the [tokens, vocab] logits are the largest activation.
+    """
+    decoder, head = _decoder_and_head(model)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    wanted = (attention_mask if token_mask is None else token_mask).bool() & attention_mask.bool()
+    rows, cols = wanted[:, 1:].nonzero(as_tuple=True)      # cols = k - 1: the predicting position
+    logits = head(hidden[rows, cols]).float()               # advanced indexing copies: contiguous
+    targets = input_ids[rows, cols + 1]
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    return out.index_put((rows, cols + 1), picked)
+
+
+class PolicyLogprobs(torch.nn.Module):
+    """The module a DeepSpeed engine wraps: its forward returns per-token log-probs.
+
+    Going through the engine's forward keeps ZeRO-3's parameter gathering hooks in order.
+    ``reference=True`` scores with the adapter disabled (LoRA only).
+    """
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_mask: torch.Tensor | None = None, reference: bool = False) -> torch.Tensor:
+        if reference and not is_peft(self.policy):
+            raise ValueError("reference scoring through the policy needs a LoRA adapter to disable")
+        ctx = self.policy.disable_adapter() if reference else nullcontext()
+        with ctx:
+            return sequence_logprobs(self.policy, input_ids, attention_mask, token_mask)
+
+
+def collate(batch: TrainBatch | Sequence[TrainTrajectory], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad trajectories into tensors.
+
+    Returns ``input_ids`` [B, T] long, ``attention_mask`` [B, T] long, ``action_mask`` [B, T]
+    float32, ``advantages`` [B] float32, ``rollout_logprobs`` [B, T] float32 (0 off actions).
+    """
+    trajs = batch.trajectories if isinstance(batch, TrainBatch) else list(batch)
+    if not trajs:
+        raise ValueError("cannot collate an empty batch")
+    size = (len(trajs), max(len(t.token_ids) for t in trajs))
+    ids = torch.full(size, pad_id, dtype=torch.long)
+    attn = torch.zeros(size, dtype=torch.long)
+    act = torch.zeros(size, dtype=torch.float32)
+    lps = torch.zeros(size, dtype=torch.float32)
+    for i, t in enumerate(trajs):
+        n = len(t.token_ids)
+        ids[i, :n] = torch.tensor(t.token_ids, dtype=torch.long)
+        attn[i, :n] = 1
+        act[i, :n] = torch.tensor(t.action_mask, dtype=torch.float32)
+        lps[i, :n] = torch.tensor(t.rollout_logprobs, dtype=torch.float32) * act[i, :n]
+    adv = torch.tensor([float(t.advantage) for t in trajs], dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": attn, "action_mask": act,
+            "advantages": adv, "rollout_logprobs": lps}
+
+
+def pad_rows(rows: Iterable[torch.Tensor], length: int) -> torch.Tensor:
+    """Stack 1-D per-trajectory tensors, right-padded with 0 to ``length``."""
+    rows = list(rows)
+    out = torch.zeros(len(rows), length, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, :r.numel()] = r
+    return out

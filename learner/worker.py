@@ -1,0 +1,206 @@
+"""The learner rank: a DeepSpeed engine around the policy, driven by the GRPO step.
+
+``Learner`` is a plain class (one data-parallel rank); ``LearnerWorker`` is it as a Ray actor.
+The driver creates ``num_ranks`` of them with the same master address/port and calls every
+method on every rank at once (they are collective: ``train_step``, ``save_checkpoint``,
+``load_checkpoint``, ``shutdown``, and, under ZeRO-3 only, ``export_weights``).
+
+DeepSpeed facts this relies on (DESIGN §4): the optimizer is a ``torch.optim.AdamW`` passed in
+(a DeepSpeed-config optimizer JIT-compiles for ~100 s); the first ``init_distributed`` compiles
+a small op once, cached under ``<repo>/.cache/torch_extensions``; gloo on CPU, NCCL on GPU.
+Precision: LoRA keeps the adapter and its optimizer in fp32 over a frozen base in
+``dtype`` (DeepSpeed runs in fp32 mode); full fine-tuning in bf16 uses DeepSpeed's bf16 mode
+(fp32 master weights in the optimizer).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from learner.batch import TrainBatch
+from learner.config import LearnerConfig
+from learner.export import adapter_files, export_safetensors, trainable_names
+from learner.policy import PolicyLogprobs, build_policy, sequence_logprobs
+from learner.step import StepSettings, grpo_step
+
+REPO = Path(__file__).resolve().parents[1]
+EXTENSIONS_DIR = REPO / ".cache" / "torch_extensions"
+CHECKPOINT_TAG = "learner"
+
+
+def rank_threads(cfg: LearnerConfig) -> int:
+    """Intra-op threads of one rank: configured, or this machine's cores shared by the ranks."""
+    return cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.num_ranks)
+
+
+def worker_options(cfg: LearnerConfig) -> dict[str, Any]:
+    """Ray ``.options(...)`` for a rank (the driver adds its placement-group strategy)."""
+    env = {"OMP_NUM_THREADS": str(rank_threads(cfg)), "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR)}
+    return {"num_cpus": cfg.num_cpus_per_rank, "num_gpus": cfg.num_gpus_per_rank,
+            "runtime_env": {"env_vars": env}}
+
+
+def deepspeed_config(cfg: LearnerConfig) -> dict[str, Any]:
+    """The DeepSpeed config: no optimizer section (ours is passed in), accumulation by hand."""
+    bf16 = cfg.dtype == "bfloat16" and not cfg.lora.enabled
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        # the GRPO step marks accumulation boundaries itself and scales losses to the global batch
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if bf16 and cfg.zero_stage >= 1:
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    return ds
+
+
+class Learner:
+    """One data-parallel learner rank (see the module docstring)."""
+
+    def __init__(self, cfg: LearnerConfig | dict, model_path: str, rank: int = 0, world_size: int = 1,
+                 master_addr: str = "127.0.0.1", master_port: int = 29500, seed: int = 0):
+        self.cfg = cfg if isinstance(cfg, LearnerConfig) else LearnerConfig.model_validate(cfg)
+        self.rank, self.world_size = rank, world_size
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                          WORLD_SIZE=str(world_size),
+                          # Ray gives each GPU actor its own device as cuda:0
+                          LOCAL_RANK="0")
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_DIR))
+        torch.set_num_threads(rank_threads(self.cfg))
+        import deepspeed
+
+        self._dist = deepspeed.comm
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   auto_mpi_discovery=False, verbose=False)
+        self.policy, self.reference = build_policy(model_path, self.cfg, seed)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=(self.cfg.adam_beta1, self.cfg.adam_beta2),
+                                      eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=PolicyLogprobs(self.policy), optimizer=optimizer, config=deepspeed_config(self.cfg))
+        self.device = self.engine.device
+        if self.reference is not None:
+            self.reference.to(self.device)
+        self.settings = StepSettings.from_config(self.cfg)
+        self._manual_grad_norm = self.cfg.zero_stage == 0 and not self.engine.bfloat16_enabled()
+        self._closed = False
+
+    # --- the Trainer interface of learner.step --------------------------------------------
+
+    def logprobs(self, inputs: dict[str, torch.Tensor], *, reference: bool, grad: bool) -> torch.Tensor:
+        ids = inputs["input_ids"].to(self.device)
+        attn = inputs["attention_mask"].to(self.device)
+        mask = inputs["action_mask"].to(self.device)
+        if reference and self.reference is not None:
+            with torch.no_grad():
+                return sequence_logprobs(self.reference, ids, attn, mask)
+        self.engine.train(grad)   # train mode only for the gradient pass (dropout, checkpointing)
+        with torch.set_grad_enabled(grad):
+            return self.engine(ids, attn, mask, reference=reference)
+
+    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        norm = None
+        if self._manual_grad_norm:
+            # plain data parallel in fp32: DeepSpeed clips but does not report the norm
+            grads = [p.grad.detach().float() for p in self.policy.parameters() if p.grad is not None]
+            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) \
+                if grads else 0.0
+        self.engine.step()
+        if norm is None:
+            reported = self.engine.get_global_grad_norm()
+            norm = float(reported) if reported is not None else float("nan")
+        return norm
+
+    def all_reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
+        out = values.to(self.device, copy=True)
+        ops = {"sum": self._dist.ReduceOp.SUM, "max": self._dist.ReduceOp.MAX}
+        self._dist.all_reduce(out, op=ops[op])
+        return out.cpu()
+
+    # --- the driver's API -----------------------------------------------------------------
+
+    def train_step(self, batch_shard: TrainBatch, global_counts: dict[str, int] | None = None) -> dict[str, float]:
+        """All GRPO updates of one rollout batch on this rank's shard; global metrics (equal on every rank)."""
+        return grpo_step(self, batch_shard, self.settings, global_counts)
+
+    def trainable_names(self) -> list[str]:
+        """HF checkpoint names of the weights training changes."""
+        return trainable_names(self.policy)
+
+    def export_weights(self, mode: str = "merged", names: list[str] | None = None) -> bytes | dict[str, bytes]:
+        """Current weights for the rollout engines.
+
+        ``merged``: safetensors bytes of ``names`` (default: the LoRA-targeted weights) with the
+        LoRA delta merged in; ``full``: safetensors bytes of ``names`` (default: every weight);
+        ``adapter``: the peft adapter files as {file name: bytes}.
+        """
+        if mode == "adapter":
+            return adapter_files(self.policy)
+        if mode == "merged":
+            if not self.cfg.lora.enabled:
+                raise ValueError("weight_sync merged needs LoRA; use full for full fine-tuning")
+            return export_safetensors(self.policy, names if names is not None else self.trainable_names())
+        if mode == "full":
+            return export_safetensors(self.policy, names)
+        raise ValueError(f"unknown export mode {mode!r}; use merged, adapter or full")
+
+    def save_checkpoint(self, directory: str) -> str:
+        """Engine state (trainable weights, optimizer) into ``directory``, replaced atomically.
+
+        Every rank writes into ``<directory>.tmp`` (a shared file system across nodes); rank 0
+        renames it into place once all are done. With LoRA the frozen base is not saved: it is
+        reloaded from the model path.
+        """
+        final = Path(directory).resolve()
+        tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._dist.barrier()
+        self.engine.save_checkpoint(str(tmp), tag=CHECKPOINT_TAG, save_latest=True,
+                                    exclude_frozen_parameters=self.cfg.lora.enabled)
+        self._dist.barrier()
+        if self.rank == 0:
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        self._dist.barrier()
+        return str(final)
+
+    def load_checkpoint(self, directory: str) -> None:
+        """Restore what ``save_checkpoint`` wrote (same config and number of ranks)."""
+        path = Path(directory).resolve()
+        if not (path / CHECKPOINT_TAG).is_dir():
+            raise FileNotFoundError(f"no learner checkpoint in {path}")
+        loaded, _ = self.engine.load_checkpoint(str(path), tag=CHECKPOINT_TAG,
+                                                load_module_strict=not self.cfg.lora.enabled)
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load the learner checkpoint in {path}")
+
+    def shutdown(self) -> None:
+        """Leave the process group cleanly (barrier first, DESIGN §4)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._dist.is_initialized():
+            self._dist.barrier()
+            torch.distributed.destroy_process_group()
+
+
+LearnerWorker = ray.remote(Learner)
