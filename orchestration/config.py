@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from learner.config import LearnerConfig
 from reward.config import RewardConfig
 from rollout.config import RolloutConfig
 
@@ -64,6 +65,22 @@ class RayConfig(_Section):
                                  description="CPUs of a local Ray instance; null = all")
 
 
+class TrainConfig(_Section):
+    """The SeqPO-SiMT training loop."""
+
+    steps: int = Field(12, ge=1, le=10_000_000, description="GRPO steps (one rollout batch each)")
+    sources_per_step: int = Field(8, ge=1, le=1_000_000, description="sources per step; each gets a group of B")
+    min_source_units: int = Field(1, ge=1, le=100_000, description="skip training sources shorter than this")
+    max_source_units: int = Field(500, ge=1, le=100_000,
+                                  description="skip training sources longer than this (units of the source)")
+    dev_size: int = Field(16, ge=1, le=100_000, description="dev sentences of each evaluation (first ones of data.dev)")
+    eval_every: int = Field(0, ge=0, le=1_000_000,
+                            description="evaluate on dev every N steps; 0 = only before and after training")
+    checkpoint_every: int = Field(4, ge=0, le=1_000_000,
+                                  description="checkpoint every N steps (and always at the end); 0 = only at the end")
+    tensorboard: bool = Field(True, description="also write TensorBoard event files")
+
+
 class RootConfig(_Section):
     """Everything a SimulRL command needs."""
 
@@ -72,4 +89,6 @@ class RootConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="policy model")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="rollout workers")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="reward service")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="GRPO learner ranks")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training loop")
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster")

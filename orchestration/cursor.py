@@ -1,0 +1,43 @@
+"""A resumable, seeded walk over the training pairs.
+
+Each epoch visits every pair once in an order fixed by (seed, epoch); the cursor's state is
+two integers, so a resumed run draws exactly the batches the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class DataCursor:
+    size: int
+    seed: int
+    epoch: int = 0
+    position: int = 0
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(self.size))
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def next_batch(self, n: int) -> list[int]:
+        """The next ``n`` indices; an epoch boundary continues into the next epoch's order."""
+        if self.size <= 0:
+            raise ValueError("no training pairs to draw from")
+        out: list[int] = []
+        while len(out) < n:
+            order = self._order(self.epoch)
+            take = order[self.position:self.position + n - len(out)]
+            out += take
+            self.position += len(take)
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, int]) -> "DataCursor":
+        return cls(**state)
