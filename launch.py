@@ -23,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="SimulRL: RL training and evaluation for simultaneous machine translation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("train", help="SeqPO-SiMT training: rollouts, rewards, GRPO updates, weight sync")
+    _config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after step N")
+    p.set_defaults(handler="orchestration.train:main")
+
     p = sub.add_parser("show-config", help="print the resolved config (YAML) and exit")
     _config_args(p)
     p.set_defaults(handler="orchestration.commands:show_config")

@@ -1,0 +1,173 @@
+"""The driver's glue: converting between components' plain data, starting learner ranks,
+step metrics and the dev evaluation. Kept apart from the loop so each piece reads alone.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from orchestration.config import RootConfig
+from orchestration.data import Dataset, Pair
+
+
+def to_sources(pairs: Sequence[Pair], ds: Dataset) -> list:
+    from rollout.runner import Source
+
+    return [Source(p.index, p.source, ds.src_lang, ds.tgt_lang, p.reference) for p in pairs]
+
+
+def reward_groups(trajs: Sequence[dict[str, Any]], sources: Sequence, group_size: int) -> list[list]:
+    """Trajectories (grouped by source, as the pool returns them) → reward inputs per group."""
+    from reward.types import RewardInput
+
+    groups = []
+    for k, src in enumerate(sources):
+        group = trajs[k * group_size:(k + 1) * group_size]
+        assert all(t["meta"]["source_index"] == src.index for t in group), "trajectories out of order"
+        groups.append([RewardInput(source=src.text, reference=src.reference or "", hypothesis=t["hypothesis"],
+                                   delays=list(t["delays"]), source_length=t["source_length"],
+                                   tgt_lang=src.tgt_lang, chunk_size=t["meta"]["chunk_size"])
+                       for t in group])
+    return groups
+
+
+def learner_batch(trajs: Sequence[dict[str, Any]], advantages: Sequence[float]):
+    from learner.batch import TrainBatch, TrainTrajectory
+
+    return TrainBatch([TrainTrajectory(token_ids=t["token_ids"], action_mask=t["action_mask"],
+                                       advantage=float(a), rollout_logprobs=t["logprobs"])
+                       for t, a in zip(trajs, advantages)])
+
+
+def _mean(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def group_metrics(scored, trajs: Sequence[dict[str, Any]], zero_groups: int) -> dict[str, float]:
+    """Reward components and rollout shape of one step."""
+    flat = [t for g in scored.groups for t in g.trajectories]
+    rewards = [t.reward for t in flat]
+    waits = sum(p == "" for t in trajs for p in t["pieces"][:-1])
+    steps = sum(len(t["pieces"]) - 1 for t in trajs)
+    return {
+        "reward/mean": _mean(rewards), "reward/std": statistics.pstdev(rewards) if rewards else 0.0,
+        "reward/quality_mean": _mean([t.quality for t in flat]),
+        "reward/latency_mean": _mean([t.latency for t in flat]),
+        "reward/latency_truncated_mean": _mean([t.latency_truncated for t in flat]),
+        "reward/empty_hypotheses": sum(t.empty for t in flat),
+        "reward/zero_advantage_groups": zero_groups,
+        "reward/zero_advantage_share": zero_groups / max(len(scored.groups), 1),
+        "rollout/action_tokens_mean": _mean([sum(t["action_mask"]) for t in trajs]),
+        "rollout/length_mean": _mean([len(t["token_ids"]) for t in trajs]),
+        "rollout/wait_share": waits / steps if steps else 0.0,
+        "rollout/truncated_steps": sum(t["truncated_steps"] for t in trajs),
+    }
+
+
+@dataclass
+class DevResult:
+    """Greedy interleaved rollouts on the dev set: quality, latency and the dev reward."""
+
+    quality: float
+    AL: float
+    LAAL: float
+    reward: float
+    empty: int
+    sentences: int
+    scorer: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_dev(pool, reward_client, dev: Dataset, cfg: RootConfig) -> DevResult:
+    """Greedy rollouts (B=1) on the dev pairs.
+
+    The dev reward is λ·q − l'/|X| per sentence (q on a 0-1 scale: chrF and BLEU divided by 100;
+    l' = max(AL, chunk size), divided by the source length so long sentences do not dominate).
+    """
+    from reward.latency import laal
+    from reward.types import QualityItem, unit_of_language
+    from rollout.runner import Sampling
+
+    sources = to_sources(dev.pairs, dev)
+    trajs, _ = pool.rollout(sources, 1, Sampling(temperature=0.0))
+    unit = unit_of_language(dev.tgt_lang)
+    q = reward_client.quality([QualityItem(source=s.text, hypothesis=t["hypothesis"], reference=s.reference or "",
+                                           unit=unit) for s, t in zip(sources, trajs)])
+    scale = 1.0 if q.scorer.name == "comet" else 100.0
+    from reward.latency import al
+    from reward.text_metrics import reference_length
+
+    als, laals, rewards, empty = [], [], [], 0
+    for s, t, qs in zip(sources, trajs, q.scores):
+        if not t["delays"]:
+            empty += 1
+            rewards.append(cfg.reward.lam * qs / scale - 1.0)
+            continue
+        ref_len = reference_length(s.reference, unit) if s.reference else None
+        a = al(t["delays"], t["source_length"], ref_len)
+        als.append(a)
+        laals.append(laal(t["delays"], t["source_length"], ref_len))
+        trunc = max(a, t["meta"]["chunk_size"])
+        rewards.append(cfg.reward.lam * qs / scale - trunc / t["source_length"])
+    return DevResult(quality=_mean(q.scores), AL=_mean(als), LAAL=_mean(laals), reward=_mean(rewards),
+                     empty=empty, sentences=len(sources), scorer=q.scorer.name)
+
+
+def build_learners(cfg: RootConfig) -> list:
+    """One LearnerWorker per data-parallel rank, placed through a placement group."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from learner.config import LearnerConfig
+    from learner.worker import LearnerWorker, worker_options
+
+    lc = cfg.learner
+    bundle = {"CPU": lc.num_cpus_per_rank} | ({"GPU": lc.num_gpus_per_rank} if lc.num_gpus_per_rank else {})
+    use_pg = any(v > 0 for v in bundle.values())
+    pg = placement_group([bundle] * lc.num_ranks, strategy="PACK") if use_pg else None
+    if pg is not None:
+        ray.get(pg.ready(), timeout=600)
+
+    def opts(i: int) -> dict[str, Any]:
+        o: dict[str, Any] = worker_options(LearnerConfig.model_validate(lc.model_dump()))
+        if pg is not None:
+            o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=pg,
+                                                                        placement_group_bundle_index=i)
+        return o
+
+    @ray.remote(num_cpus=0)
+    def master_endpoint() -> tuple[str, int]:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    ep_opts = {"scheduling_strategy": opts(0)["scheduling_strategy"]} if pg is not None else {}
+    addr, port = ray.get(master_endpoint.options(**ep_opts).remote())
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    model = cfg.model.path if not (root / cfg.model.path).exists() else str(root / cfg.model.path)
+    workers = [LearnerWorker.options(**opts(i)).remote(lc.model_dump(), model, i, lc.num_ranks, addr, port,
+                                                       cfg.run.seed)
+               for i in range(lc.num_ranks)]
+    ray.get([w.trainable_names.remote() for w in workers])   # wait until every rank is up
+    return workers
+
+
+def sync_names(cfg: RootConfig, learners: Sequence) -> list[str] | None:
+    """Tensors a merged-LoRA sync sends: the adapted modules' weights plus packed siblings."""
+    if cfg.rollout.weight_sync != "merged":
+        return None
+    import ray
+
+    from rollout.weights import expand_packed
+
+    return expand_packed(ray.get(learners[0].trainable_names.remote()))
