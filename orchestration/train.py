@@ -129,8 +129,9 @@ class Trainer:
         import torch
 
         rewards = torch.tensor([g.rewards for g in scored.groups], dtype=torch.float64)
-        adv, zero_groups = group_advantages(rewards, std_normalize=cfg.learner.std_normalize)
-        batch = learner_batch(trajs, adv.flatten().tolist())
+        ga = group_advantages(rewards, scale_by_std=cfg.learner.std_normalize)
+        zero_groups = ga.zero_groups
+        batch = learner_batch(trajs, ga.advantages.flatten().tolist())
         t0 = time.perf_counter()
         shards = batch.split(len(self.learners))
         counts = batch.counts()
