@@ -23,7 +23,7 @@ from orchestration.config import RootConfig
 from orchestration.config_loader import load_config
 from orchestration.data import resolve_data_dir
 from orchestration.errors import UserInputError
-from orchestration.runtime import start_ray, write_json_atomic
+from orchestration.runtime import read_lines, start_ray, write_json_atomic
 from reward.types import QualityItem, RewardSettings, unit_of_language
 
 MQM_FOLDER = "mqm_newstest2021"
@@ -47,13 +47,7 @@ class MqmRow:
 
 def read_mqm(path: Path) -> list[MqmRow]:
     """All rows of one MQM TSV file; any malformed line is a UserInputError naming FILE:LINE."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserInputError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
+    lines = read_lines(path)
     if not lines or tuple(lines[0].rstrip("\r").split("\t")) != MQM_COLUMNS:
         raise UserInputError(f"{path}:1: expected the header {' '.join(MQM_COLUMNS)} (tab-separated)")
     rows = []

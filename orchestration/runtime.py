@@ -19,6 +19,18 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     return path
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (no final empty line); bad UTF-8 is a UserInputError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return lines
+
+
 def start_ray(address: str | None, num_cpus: int | None, log_to_driver: bool = True) -> bool:
     """Join ``address`` (or $RAY_ADDRESS) or start a local Ray; True when this call started it."""
     import ray

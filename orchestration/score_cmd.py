@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.errors import UserInputError
+from orchestration.runtime import read_lines
 from reward.latency import METRICS, LatencyScores, corpus_latency, score_instance
 from reward.text_metrics import (
     Unit, bleu_tokenizer, corpus_bleu, corpus_chrf, count_units, reference_length)
@@ -105,13 +106,7 @@ def read_instances(path: Path, unit: Unit) -> list[ScoredInstance]:
     """Parse and score every line of an instances file (UserInputError on the first bad one)."""
     if not path.is_file():
         raise UserInputError(f"{path}: instances file not found; pass an existing JSON lines file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserInputError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline that ends the last line
+    lines = read_lines(path)
     out: list[ScoredInstance] = []
     for lineno, line in enumerate(lines, start=1):
         where = f"{path}:{lineno}"
