@@ -33,8 +33,8 @@ class LearnerConfig(BaseModel):
     torch_threads: int | None = Field(
         None, ge=1, le=1024, description="intra-op threads per rank; null = the machine's cores / num_ranks")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0 = plain data parallel)")
-    dtype: Literal["bfloat16", "float32"] = Field(
-        "bfloat16", description="dtype of the base weights (LoRA weights and optimizer state stay fp32)")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="base-weight dtype (LoRA and optimizer state stay fp32); auto: as model.dtype's rule")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward: less memory, one more forward of compute")
     micro_batch_size: int = Field(8, ge=1, le=4096, description="trajectories per forward/backward on one rank")

@@ -34,6 +34,8 @@ def load_causal_lm(model_path: str | Path, dtype: str, gradient_checkpointing: b
     """``AutoModelForCausalLM`` from a local directory or hub id, without a KV cache."""
     from transformers import AutoModelForCausalLM
 
+    if dtype not in DTYPES:  # "auto" is resolved by the driver's config loader, per machine
+        raise ValueError(f"learner dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_path), dtype=DTYPES[dtype])
     model.config.use_cache = False
     if gradient_checkpointing:
