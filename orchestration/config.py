@@ -52,8 +52,11 @@ class ModelConfig(_Section):
 
     path: str = Field("models/qwen2.5-0.5b-instruct", min_length=1, max_length=1000,
                       description="HF model id or local directory (relative to the repository)")
-    dtype: Literal["bfloat16", "float32", "float16"] = Field(
-        "bfloat16", description="weights and compute dtype")
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
+        "auto", description="weights and compute dtype; auto = bfloat16 on GPUs and bf16-capable CPUs, else float32")
+    init_from: str | None = Field(
+        None, min_length=1, max_length=1000,
+        description="run directory of `launch.py sft`: the policy starts from its model/ instead of path")
 
 
 class RayConfig(_Section):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ def _read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
@@ -62,6 +63,20 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loading, but ``3e-3`` and ``1e5`` are floats (YAML 1.2), not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=VALUE`` -> (["a","b","c"], VALUE parsed as a YAML scalar or list)."""
     key, sep, raw = text.partition("=")
@@ -69,7 +84,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not all(p.strip() for p in parts):
         raise ConfigError(f"override {text!r}: expected dotted.key=value, e.g. run.seed=1")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return [p.strip() for p in parts], value
@@ -96,13 +111,14 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str,
+                            schema: type[BaseModel] = RootConfig) -> str:
     lines = []
     for item in err.errors():
         loc = tuple(str(p) for p in item["loc"])
         key = ".".join(loc) or "<root>"
         if item["type"] == "extra_forbidden":
-            allowed = _allowed_keys(RootConfig, loc)
+            allowed = _allowed_keys(schema, loc)
             hint = difflib.get_close_matches(loc[-1], allowed, n=1)
             did = f" (did you mean {'.'.join(loc[:-1] + (hint[0],))}?)" if hint else ""
             lines.append(f"{source}: {key}: unknown key{did}; allowed here: {', '.join(allowed)}")
@@ -113,18 +129,33 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> RootConfig:
-    """YAML file (optional) + overrides -> validated :class:`RootConfig`."""
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
+                schema: type[RootConfig] = RootConfig) -> RootConfig:
+    """YAML file (optional) + overrides -> validated ``schema`` (:class:`RootConfig` or an extension)."""
     data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for text in overrides:
         apply_override(data, *parse_override(text))
     try:
-        return RootConfig.model_validate(data)
+        cfg = schema.model_validate(data)
     except ValidationError as err:
         source = str(path) if path is not None else "defaults"
         if overrides:
             source += " + command-line overrides"
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, schema)) from None
+    return resolve_dtypes(cfg)
+
+
+def resolve_dtypes(cfg):
+    """Replace ``model.dtype`` / ``learner.dtype`` ``auto`` by this machine's choice: components
+    never see ``auto``. A GPU counts when the section's Ray actors reserve one."""
+    from orchestration.runtime import resolve_dtype
+
+    rollout_gpu = getattr(getattr(cfg, "rollout", None), "num_gpus_per_worker", 0) > 0
+    cfg.model.dtype = resolve_dtype(cfg.model.dtype, rollout_gpu)
+    learner = getattr(cfg, "learner", None)
+    if learner is not None:
+        learner.dtype = resolve_dtype(learner.dtype, learner.num_gpus_per_rank > 0)
+    return cfg
 
 
 def resolve_run_dir(cfg: RootConfig) -> Path:

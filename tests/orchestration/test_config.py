@@ -111,6 +111,9 @@ def test_override_parsing():
     assert parse_override("a=[1, 2]") == (["a"], [1, 2])
     assert parse_override("a=null") == (["a"], None)
     assert parse_override("a=runs/x y") == (["a"], "runs/x y")
+    assert parse_override("a=3e-3") == (["a"], 0.003)          # YAML 1.2 floats, not strings
+    assert parse_override("a=[1E5, e5]") == (["a"], [100000.0, "e5"])
+    assert load_config(None, ["learner.lr=2e-4"]).learner.lr == 2e-4
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         parse_override("novalue")
     with pytest.raises(ConfigError, match="run.seed"):
@@ -148,3 +151,33 @@ def test_cli_show_config_validates_without_heavy_imports():
     assert proc.returncode == 0, proc.stderr
     assert "seed: 9" in proc.stdout
     assert "HEAVY []" in proc.stdout
+
+
+def test_dtype_auto_follows_the_machine(tmp_path, monkeypatch):
+    from orchestration import runtime
+
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    bf16 = tmp_path / "bf16"
+    bf16.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert not runtime.cpu_has_native_bf16(str(avx2))
+    assert runtime.cpu_has_native_bf16(str(bf16))
+    assert not runtime.cpu_has_native_bf16(str(tmp_path / "missing"))
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    cfg = load_config(None, ["model.dtype=auto", "learner.dtype=auto"])
+    assert (cfg.model.dtype, cfg.learner.dtype) == ("float32", "float32")
+    cfg = load_config(None, ["learner.num_gpus_per_rank=1", "rollout.num_gpus_per_worker=1"])
+    assert (cfg.model.dtype, cfg.learner.dtype) == ("bfloat16", "bfloat16")
+    cfg = load_config(None, ["model.dtype=float16", "learner.dtype=bfloat16"])   # explicit wins
+    assert (cfg.model.dtype, cfg.learner.dtype) == ("float16", "bfloat16")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert load_config(None).model.dtype == "bfloat16"
+
+
+def test_address_option_sets_ray_address(capsys):
+    import launch
+
+    assert launch.main(["show-config", "--address", "10.1.2.3:6379", "run.seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "address: 10.1.2.3:6379" in out and "seed: 3" in out
