@@ -85,7 +85,8 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(max_tokens=cap, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, logprobs=0, detokenize=False)
+                                 top_p=sampling.top_p, logprobs=0, detokenize=False,
+                                 min_tokens=min(sampling.min_tokens, cap))
                   for cap in max_new_tokens]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                  lora_request=self._lora, use_tqdm=False)
@@ -98,6 +99,18 @@ class VLLMEngine:
             results.append(GenerationResult(ids, lps, prompt_tokens=len(prompt),
                                             cached_prompt_tokens=int(out.num_cached_tokens or 0)))
         return results
+
+    def next_token_logprobs(self, prompts: Sequence[list[int]], top_k: int) -> list[dict[int, float]]:
+        """The ``top_k`` most likely next tokens of each prompt with their log-probs (an
+        approximation of the full distribution; vLLM caps ``top_k`` at its ``max_logprobs``)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=top_k, detokenize=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                 lora_request=self._lora, use_tqdm=False)
+        return [{int(tok): float(lp.logprob) for tok, lp in out.outputs[0].logprobs[0].items()}
+                for out in outs]
 
     # --- weights --------------------------------------------------------------------------
 

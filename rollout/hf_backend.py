@@ -83,9 +83,39 @@ class HFBackend:
                                               cached_prompt_tokens=0)
         return [r for r in results if r is not None]
 
-    def _next_tokens(self, logits: torch.Tensor, sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ids, attention mask and explicit position ids of a batch."""
+        batch, width = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            input_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p):] = 1
+        return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, prompts: Sequence[list[int]]) -> list[torch.Tensor]:
+        """Full-vocabulary next-token log-probs (fp32 ``log_softmax`` of the raw logits) of
+        each prompt: the exact distributions LSG compares. Batched as :meth:`generate`."""
+        out: list[torch.Tensor | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            input_ids, mask, positions = self._left_pad([list(prompts[i]) for i in idx])
+            width = input_ids.shape[1]
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=torch.tensor([width - 1])).logits[:, -1, :].float()
+            for row, i in enumerate(idx):
+                out[i] = torch.log_softmax(logits[row], dim=-1)
+        return [t for t in out if t is not None]
+
+    def _next_tokens(self, logits: torch.Tensor, sampling: Sampling,
+                     allow_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Choose one token per row from fp32 ``logits`` [B, V]; return (ids, raw log-probs)."""
         logprobs = torch.log_softmax(logits, dim=-1)
+        if not allow_eos:  # min_tokens: stop tokens are not chosen yet (log-probs stay raw)
+            logits = logits.clone()
+            logits[:, self.eos_ids] = float("-inf")
         if sampling.temperature == 0:
             ids = torch.argmax(logits, dim=-1)
         else:
@@ -103,13 +133,8 @@ class HFBackend:
     def _generate_batch(self, prompts: list[list[int]], caps: list[int],
                         sampling: Sampling) -> list[tuple[list[int], list[float]]]:
         """Prefill left-padded prompts, then decode with the call-local KV cache."""
-        batch, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for row, p in enumerate(prompts):
-            input_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[row, width - len(p):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, positions = self._left_pad(prompts)
+        batch, width = input_ids.shape
         # Index (not slice) the last position: the lm_head then gets a contiguous input
         # (bf16 F.linear on a strided one is ~10x slower on CPU; DESIGN §4).
         last = torch.tensor([width - 1])
@@ -119,8 +144,11 @@ class HFBackend:
         lps: list[list[float]] = [[] for _ in range(batch)]
         active = [cap > 0 for cap in caps]
         eos = set(self.eos_ids)
+        step = 0
         while True:
-            ids, lp = self._next_tokens(out.logits[:, -1, :].float(), sampling)
+            ids, lp = self._next_tokens(out.logits[:, -1, :].float(), sampling,
+                                        allow_eos=step >= sampling.min_tokens)
+            step += 1
             for row in range(batch):
                 if active[row]:
                     tok = int(ids[row])

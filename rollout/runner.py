@@ -18,10 +18,12 @@ from rollout.units import DEFAULT_CHUNK_SIZE, unit_of
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling of one rollout call; temperature 0 means greedy."""
+    """Sampling of one rollout call; temperature 0 means greedy. ``min_tokens``: stop tokens
+    are not chosen before that many tokens (vLLM's ``min_tokens``)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
+    min_tokens: int = 0
 
 
 @dataclass

@@ -1,0 +1,97 @@
+"""SFT data for the warm start (DESIGN §2.5): parallel pairs as streaming episodes.
+
+A reference is cut into one piece per streaming step with the segmentation rule, and the
+pieces are fed to the very :class:`~rollout.episode.Episode` the rollout builds, as if the
+policy had written them: token ids and action masks are those a rollout with these outputs
+would produce, so the SFT model is trained on exactly the layout it will act in.
+
+``prefix_samples`` builds the other layout for comparison (``bench sft``): "prefix
+fine-tuning", one sample per write with the source read so far in the user turn and the
+translation so far as the assistant prefix.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from rollout.episode import Trajectory, system_prompt_for
+from rollout.runner import EpisodeFactory, Source
+from rollout.units import Unit, chunk_source, count_units, num_steps, split_units, unit_of
+
+
+def emitted_lengths(source_length: int, target_length: int, chunk_size: int, lag_k: int) -> list[int]:
+    """Target units written in total after each step t = 1..T (the segmentation rule).
+
+    After reading t·m source units the reference prefix of length
+    ⌊|ref| · max(0, t·m − k) / |src|⌋ is out; the last step writes the rest.
+    """
+    if source_length < 1:
+        raise ValueError("empty source")
+    if chunk_size < 1 or lag_k < 0 or target_length < 0:
+        raise ValueError(f"bad segmentation arguments: chunk_size={chunk_size} lag_k={lag_k} "
+                         f"target_length={target_length}")
+    steps = num_steps(source_length, chunk_size)
+    out = [min(target_length, target_length * max(0, t * chunk_size - lag_k) // source_length)
+           for t in range(1, steps)]
+    return out + [target_length]
+
+
+def reference_pieces(source: str, reference: str, source_unit: Unit, target_unit: Unit,
+                     chunk_size: int, lag_k: int) -> list[str]:
+    """The reference split into one piece per streaming step ("" = wait)."""
+    units = split_units(reference, target_unit)
+    ends = emitted_lengths(count_units(source, source_unit), len(units), chunk_size, lag_k)
+    glue = "" if target_unit == "char" else " "
+    starts = [0] + ends[:-1]
+    return [glue.join(units[a:b]) for a, b in zip(starts, ends)]
+
+
+def sft_trajectory(factory: EpisodeFactory, source: Source, lag_k: int) -> Trajectory:
+    """The episode of ``source`` in which every step writes its reference piece.
+
+    Each piece is encoded on its own and closed with the end-of-turn token, as the policy
+    samples it; a wait is the end-of-turn token alone.
+    """
+    if source.reference is None:
+        raise ValueError(f"source {source.index} has no reference")
+    ep = factory.make(source)
+    pieces = reference_pieces(source.text, source.reference, unit_of(source.src_lang),
+                              unit_of(source.tgt_lang), ep.chunk_size, lag_k)
+    assert len(pieces) == ep.num_steps, (len(pieces), ep.num_steps)
+    for piece in pieces:
+        ep.add_action(factory.encode(piece) + [factory.end_of_turn_id])
+    return ep.trajectory(source_index=source.index, chunk_size=ep.chunk_size, lag_k=lag_k)
+
+
+def sft_trajectories(factory: EpisodeFactory, sources: Sequence[Source], lag_k: int) -> list[Trajectory]:
+    return [sft_trajectory(factory, s, lag_k) for s in sources]
+
+
+def prefix_samples(factory: EpisodeFactory, source: Source, lag_k: int) -> list[tuple[list[int], list[int]]]:
+    """Prefix-layout samples of one pair, one per write: ``(token_ids, action_mask)``.
+
+    Sample t: [system] [user: source read after step t (+ end marker at the end)]
+    [assistant: translation so far | piece t], loss on piece t only (plus the end of turn
+    on the last write).
+    """
+    if source.reference is None:
+        raise ValueError(f"source {source.index} has no reference")
+    cfg, src_unit, tgt_unit = factory.cfg, unit_of(source.src_lang), unit_of(source.tgt_lang)
+    chunk_size = factory.chunk_size(source.src_lang)
+    chunks = chunk_source(source.text, src_unit, chunk_size)
+    pieces = reference_pieces(source.text, source.reference, src_unit, tgt_unit, chunk_size, lag_k)
+    system = system_prompt_for(cfg.system_prompt, source.src_lang, source.tgt_lang, cfg.end_marker)
+    glue = "" if src_unit == "char" else " "
+    tglue = "" if tgt_unit == "char" else " "
+    samples, written = [], ""
+    for t, piece in enumerate(pieces, start=1):
+        if not piece:
+            continue
+        last = t == len(pieces)
+        read = glue.join(chunks[:t]) + (f" {cfg.end_marker}" if last else "")
+        context = factory.encode(factory.layout.opening(system, read))
+        if written:
+            context += factory.encode(written)
+        action = factory.encode((tglue if written else "") + piece) + ([factory.end_of_turn_id] if last else [])
+        samples.append((context + action, [0] * len(context) + [1] * len(action)))
+        written += (tglue if written else "") + piece
+    return samples

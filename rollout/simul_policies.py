@@ -1,0 +1,213 @@
+"""Read/write policies of the prefix layout as plain decision rules (DESIGN §2.4).
+
+State of one sentence: ``read`` = j source units read, ``written`` = i−1 target units written,
+``S`` = source length. A policy answers READ, WRITE, or ASK: ASK means the decision needs the
+model's next-unit distributions (LSG inside its range), which the decoder computes and hands to
+:meth:`LSGPolicy.decide`. Nothing here touches a model, torch or Ray.
+
+- wait-k: unit i is written once min(k + i − 1, S) units are read (read k, then alternate).
+- offline: read the whole source, then write.
+- LSG (Guo et al., AAAI 2025): WRITE if KL(p_cur ‖ p_base) > δ (Eq. 3) or max p_cur > α (Eq. 4),
+  with p_base the wait-1 distribution p(y_i | x_≤i, y_<i); the read position is held inside
+  [min(L+i−1, S), min(L+i−1+U, S)] (Eq. 5): below it READ, at its top WRITE.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Collection, Literal, Mapping, Sequence
+
+import numpy as np
+
+from rollout.units import Unit, count_units
+
+Action = Literal["read", "write", "ask"]
+READ: Action = "read"
+WRITE: Action = "write"
+ASK: Action = "ask"
+
+
+# --- wait-k ---------------------------------------------------------------------------------
+
+
+def waitk_read_target(k: int, written: int, source_length: int) -> int:
+    """Source units that must be read before target unit ``written + 1`` is written."""
+    return min(k + written, source_length)
+
+
+def waitk_delays(k: int, source_length: int, target_units: int) -> list[int]:
+    """The wait-k schedule: delay of unit i (1-based) = min(k + i − 1, S)."""
+    return [waitk_read_target(k, i, source_length) for i in range(target_units)]
+
+
+@dataclass(frozen=True)
+class WaitKPolicy:
+    k: int
+    name: str = "waitk"
+
+    def action(self, read: int, written: int, source_length: int) -> Action:
+        return READ if read < waitk_read_target(self.k, written, source_length) else WRITE
+
+
+@dataclass(frozen=True)
+class OfflinePolicy:
+    """Full-sentence translation: every unit is written with the whole source read."""
+
+    name: str = "offline"
+
+    def action(self, read: int, written: int, source_length: int) -> Action:
+        return READ if read < source_length else WRITE
+
+
+# --- LSG ------------------------------------------------------------------------------------
+
+
+def lsg_bounds(L: int, U: int, i: int, source_length: int) -> tuple[int, int]:
+    """Eq. 5: the read position allowed when writing unit ``i`` (1-based)."""
+    return min(L + i - 1, source_length), min(L + i - 1 + U, source_length)
+
+
+def lsg_range_action(read: int, i: int, source_length: int, L: int, U: int) -> Action:
+    """The range rule alone: READ below the range, WRITE at its top or with the source done."""
+    if read >= source_length:
+        return WRITE
+    low, high = lsg_bounds(L, U, i, source_length)
+    if read < low:
+        return READ
+    if read >= high:
+        return WRITE
+    return ASK
+
+
+def lsg_write(kl: float, p_max: float, delta: float, alpha: float) -> bool:
+    """Eq. 3 or Eq. 4: the current source prefix makes the next unit clear enough."""
+    return kl > delta or p_max > alpha
+
+
+def kl_exact(logp: np.ndarray, logq: np.ndarray) -> float:
+    """KL(p ‖ q) = Σ p·(log p − log q) over the full vocabulary (natural log)."""
+    logp = np.asarray(logp, dtype=np.float64)
+    logq = np.asarray(logq, dtype=np.float64)
+    p = np.exp(logp)
+    mask = p > 0  # 0·log 0 = 0
+    return float(np.sum(p[mask] * (logp[mask] - logq[mask])))
+
+
+def _tail_logprob(dist: Mapping[int, float], vocab_size: int) -> float:
+    """Log-prob given to a token outside a top-K list: the leftover mass spread evenly."""
+    known = min(1.0, math.fsum(math.exp(v) for v in dist.values()))
+    rest = max(vocab_size - len(dist), 1)
+    return math.log(max(1.0 - known, 1e-12) / rest)
+
+
+def kl_topk(p: Mapping[int, float], q: Mapping[int, float], vocab_size: int) -> float:
+    """Approximate KL(p ‖ q) from top-K log-prob lists (vLLM ``logprobs=K``).
+
+    Sums over the union of both lists; a token missing from one list gets that list's
+    leftover mass spread evenly over the rest of the vocabulary. Exact when K = vocabulary.
+    """
+    p_tail, q_tail = _tail_logprob(p, vocab_size), _tail_logprob(q, vocab_size)
+    total = 0.0
+    for tok in set(p) | set(q):
+        lp, lq = p.get(tok, p_tail), q.get(tok, q_tail)
+        total += math.exp(lp) * (lp - lq)
+    return total
+
+
+Distribution = np.ndarray | Mapping[int, float]
+
+
+def divergence(cur: Distribution, base: Distribution, direction: str, vocab_size: int) -> float:
+    """KL between the current and the wait-1 distribution; ``forward`` = KL(p_cur ‖ p_base)
+    (the paper), ``reverse`` = KL(p_base ‖ p_cur) (their public code)."""
+    a, b = (cur, base) if direction == "forward" else (base, cur)
+    if isinstance(a, Mapping):
+        return kl_topk(a, b, vocab_size)  # type: ignore[arg-type]
+    return kl_exact(a, b)  # type: ignore[arg-type]
+
+
+def max_prob(dist: Distribution) -> float:
+    if isinstance(dist, Mapping):
+        return math.exp(max(dist.values()))
+    return float(np.exp(np.max(dist)))
+
+
+@dataclass(frozen=True)
+class LSGPolicy:
+    delta: float
+    alpha: float
+    L: int
+    U: int
+    kl_direction: Literal["forward", "reverse"] = "forward"
+    name: str = "lsg"
+
+    def action(self, read: int, written: int, source_length: int) -> Action:
+        return lsg_range_action(read, written + 1, source_length, self.L, self.U)
+
+    def base_read(self, written: int, source_length: int) -> int:
+        """Source units behind p_base: the wait-1 prefix x_≤i."""
+        return min(written + 1, source_length)
+
+    def decide(self, cur: Distribution, base: Distribution, vocab_size: int) -> tuple[Action, dict]:
+        kl = divergence(cur, base, self.kl_direction, vocab_size)
+        p_max = max_prob(cur)
+        act = WRITE if lsg_write(kl, p_max, self.delta, self.alpha) else READ
+        return act, {"kl": kl, "p_max": p_max}
+
+
+PrefixPolicy = WaitKPolicy | OfflinePolicy | LSGPolicy
+
+
+def build_policy(params: Mapping[str, object]) -> PrefixPolicy:
+    """A prefix-layout policy by ``type`` name (waitk, lsg, offline)."""
+    kind = params.get("type")
+    if kind == "waitk":
+        return WaitKPolicy(k=int(params["k"]))  # type: ignore[arg-type]
+    if kind == "offline":
+        return OfflinePolicy()
+    if kind == "lsg":
+        return LSGPolicy(delta=float(params["delta"]), alpha=float(params["alpha"]),  # type: ignore[arg-type]
+                         L=int(params["L"]), U=int(params["U"]),  # type: ignore[arg-type]
+                         kl_direction=params.get("kl", "forward"))  # type: ignore[arg-type]
+    raise ValueError(f"unknown prefix-layout policy {kind!r}; known: waitk, lsg, offline")
+
+
+# --- unit segmentation of generated tokens ---------------------------------------------------
+
+
+def normalize_spaces(text: str) -> str:
+    """Runs of whitespace (newlines included) become one space: they never count as units."""
+    return " ".join(text.split())
+
+
+def units_of_text(text: str, unit: Unit) -> int:
+    return count_units(normalize_spaces(text), unit)
+
+
+def cut_one_unit(generated: Sequence[int], decode: Callable[[Sequence[int]], str],
+                 committed: Sequence[int], unit: Unit,
+                 stop_ids: Collection[int]) -> tuple[list[int], bool]:
+    """The tokens of ``generated`` that complete the next target unit, and whether a stop
+    token ended the translation there.
+
+    A word ends where the next token starts another word (that token is not kept: the next
+    write regenerates it, possibly after reading more); a character ends as soon as one
+    complete character appears. A token holding several units writes them all at once.
+    Without a boundary within the generated tokens, all of them are kept.
+    """
+    committed = list(committed)
+    before = units_of_text(decode(committed), unit)
+    kept: list[int] = []
+    have = before
+    for tok in generated:
+        if tok in stop_ids:
+            return kept, True
+        text = decode(committed + kept + [tok])
+        units = units_of_text(text, unit)
+        if unit == "word" and have > before and units > have:
+            return kept, False  # ``tok`` starts the following word
+        kept.append(tok)
+        have = units
+        if unit == "char" and units > before and not text.endswith("\ufffd"):
+            return kept, False
+    return kept, False

@@ -1,0 +1,78 @@
+"""SFT episodes: the segmentation rule, and episodes identical to what a rollout that wrote
+the reference pieces would have built (tiny tokenizer)."""
+from __future__ import annotations
+
+import pytest
+
+from rollout.config import EpisodeConfig
+from rollout.runner import EpisodeFactory, GenerationResult, Source, run_episodes, Sampling
+from rollout.sft_episodes import emitted_lengths, prefix_samples, reference_pieces, sft_trajectory
+
+SRC = "Der Zug nach Berlin hat heute zwanzig Minuten Verspätung ."
+REF = "The train to Berlin is twenty minutes late today ."
+
+
+def test_rule_by_hand():
+    # S=10, |ref|=8, m=3, k=3: floor(8*max(0, 3t-3)/10) for t=1..3, then the rest
+    assert emitted_lengths(10, 8, 3, 3) == [0, 2, 4, 8]
+    assert emitted_lengths(10, 8, 3, 0) == [2, 4, 7, 8]
+    assert emitted_lengths(2, 5, 3, 3) == [5]                       # one step: everything at the end
+    assert emitted_lengths(9, 3, 3, 100) == [0, 0, 3]               # lag beyond the source: wait, then all
+    with pytest.raises(ValueError):
+        emitted_lengths(0, 3, 3, 1)
+
+
+def test_pieces_rejoin_to_the_reference():
+    pieces = reference_pieces(SRC, REF, "word", "word", 3, 2)
+    assert len(pieces) == 4 and " ".join(p for p in pieces if p) == REF
+    zh = reference_pieces(SRC, "火车今天晚点二十分钟。", "word", "char", 3, 3)
+    assert "".join(zh) == "火车今天晚点二十分钟。" and zh[0] == ""
+
+
+@pytest.fixture(scope="module")
+def factory(tiny_tokenizer):
+    return EpisodeFactory(tiny_tokenizer, EpisodeConfig(chunk_size=3, system_prompt="Translate {src_lang}."))
+
+
+class Scripted:
+    """A backend that writes the given pieces, one per step, as the policy would sample them."""
+
+    def __init__(self, factory, pieces):
+        self.factory, self.pieces, self.step = factory, pieces, 0
+
+    def generate(self, prompts, max_new_tokens, sampling):
+        piece = self.pieces[self.step]
+        self.step += 1
+        ids = self.factory.encode(piece) + [self.factory.end_of_turn_id]
+        return [GenerationResult(ids, [0.0] * len(ids), len(p)) for p in prompts]
+
+
+def test_sft_episode_is_the_rollout_episode(factory, tiny_tokenizer):
+    source = Source(0, SRC, "de", "en", REF)
+    traj = sft_trajectory(factory, source, lag_k=3)
+    pieces = reference_pieces(SRC, REF, "word", "word", 3, 3)
+    rolled, _ = run_episodes(Scripted(factory, pieces), factory, [source], 1, Sampling(temperature=0.0))
+    assert traj.token_ids == rolled[0].token_ids and traj.action_mask == rolled[0].action_mask
+    assert traj.delays == rolled[0].delays and traj.hypothesis == REF
+    # the ids are the templated conversation with the pieces as assistant turns
+    messages = [{"role": "system", "content": "Translate German."}]
+    for k, (chunk, piece) in enumerate(zip(factory.make(source).chunks, pieces)):
+        messages += [{"role": "user", "content": chunk + (" [END]" if k == len(pieces) - 1 else "")},
+                     {"role": "assistant", "content": piece}]
+    text = tiny_tokenizer.apply_chat_template(messages, tokenize=False)
+    assert traj.token_ids == factory.encode(text.removesuffix("\n"))
+    # actions: each piece and its end of turn, nothing else
+    acted = [i for i, m in zip(traj.token_ids, traj.action_mask) if m]
+    want = [i for p in pieces for i in factory.encode(p) + [factory.end_of_turn_id]]
+    assert acted == want and traj.pieces == pieces
+
+
+def test_prefix_samples_one_per_write(factory):
+    source = Source(0, SRC, "de", "en", REF)
+    pieces = reference_pieces(SRC, REF, "word", "word", 3, 3)
+    samples = prefix_samples(factory, source, lag_k=3)
+    assert len(samples) == sum(1 for p in pieces if p)
+    written = [factory.decode([i for i, m in zip(ids, mask) if m]).strip() for ids, mask in samples]
+    assert written == [p for p in pieces if p]
+    assert samples[-1][0][-1] == factory.end_of_turn_id and samples[0][0][-1] != factory.end_of_turn_id
+    assert all(len(a[0]) < len(b[0]) for a, b in zip(samples, samples[1:]))

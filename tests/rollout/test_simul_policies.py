@@ -1,0 +1,190 @@
+"""wait-k, LSG and offline: the decision rules as plain functions, and prefix-layout decoding
+on the tiny model checked against the wait-k schedule and a brute-force LSG reference."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rollout.hf_backend import HFBackend
+from rollout.prefix_layout import DEFAULT_PREFIX_SYSTEM_PROMPT, PrefixPrompter, run_prefix_policy
+from rollout.runner import Source
+from rollout.simul_policies import (
+    ASK, READ, WRITE, LSGPolicy, OfflinePolicy, WaitKPolicy, build_policy, cut_one_unit, kl_exact,
+    kl_topk, lsg_bounds, lsg_range_action, waitk_delays)
+
+SOURCES = [
+    Source(0, "Die Katze sitzt auf der Matte und schaut aus dem Fenster.", "de", "en", "The cat sits."),
+    Source(1, "Der Zug nach Berlin hat heute zwanzig Minuten Verspätung.", "de", "en"),
+    Source(2, "Wir übersetzen den Satz.", "de", "en"),
+]
+
+
+# --- pure rules -----------------------------------------------------------------------------
+
+
+def test_waitk_schedule():
+    assert waitk_delays(3, 5, 8) == [3, 4, 5, 5, 5, 5, 5, 5]
+    assert waitk_delays(1, 4, 3) == [1, 2, 3]
+    assert waitk_delays(9, 4, 2) == [4, 4]          # k beyond the source: read it all first
+    pol = WaitKPolicy(2)
+    assert [pol.action(r, 0, 6) for r in range(3)] == [READ, READ, WRITE]
+    assert pol.action(3, 1, 6) == WRITE and pol.action(2, 1, 6) == READ
+    assert OfflinePolicy().action(5, 0, 6) == READ and OfflinePolicy().action(6, 0, 6) == WRITE
+
+
+def test_lsg_range_rule():
+    # unit i=1, L=2, U=3, S=10: READ below 2, ASK on [2, 5), WRITE at 5
+    assert lsg_bounds(2, 3, 1, 10) == (2, 5)
+    assert [lsg_range_action(j, 1, 10, 2, 3) for j in range(7)] == [READ, READ, ASK, ASK, ASK, WRITE, WRITE]
+    assert lsg_bounds(2, 3, 9, 10) == (10, 10)
+    assert lsg_range_action(10, 20, 10, 2, 3) == WRITE   # source finished -> WRITE
+    assert lsg_range_action(4, 4, 10, 1, 0) == WRITE     # U = 0: exactly wait-L
+
+
+def test_lsg_decision_thresholds_and_direction():
+    cur = np.log(np.array([0.7, 0.2, 0.1]))
+    base = np.log(np.array([0.2, 0.3, 0.5]))
+    fwd = sum(p * math.log(p / q) for p, q in zip([0.7, 0.2, 0.1], [0.2, 0.3, 0.5]))
+    rev = sum(q * math.log(q / p) for p, q in zip([0.7, 0.2, 0.1], [0.2, 0.3, 0.5]))
+    assert kl_exact(cur, base) == pytest.approx(fwd)
+    act, info = LSGPolicy(delta=fwd - 1e-6, alpha=0.99, L=1, U=1).decide(cur, base, 3)
+    assert act == WRITE and info["kl"] == pytest.approx(fwd)
+    act, info = LSGPolicy(delta=fwd + 1e-6, alpha=0.99, L=1, U=1).decide(cur, base, 3)
+    assert act == READ                                   # neither rule fires
+    act, _ = LSGPolicy(delta=100, alpha=0.69, L=1, U=1).decide(cur, base, 3)
+    assert act == WRITE                                  # confidence rule: 0.7 > 0.69
+    _, info = LSGPolicy(delta=100, alpha=1, L=1, U=1, kl_direction="reverse").decide(cur, base, 3)
+    assert info["kl"] == pytest.approx(rev)
+
+
+def test_topk_kl_is_exact_with_the_whole_vocabulary_and_close_with_most_mass():
+    rng = np.random.default_rng(0)
+    p = np.log(rng.dirichlet(np.ones(50) * 0.1))
+    q = np.log(rng.dirichlet(np.ones(50) * 0.1))
+    full_p, full_q = dict(enumerate(p)), dict(enumerate(q))
+    assert kl_topk(full_p, full_q, 50) == pytest.approx(kl_exact(p, q), rel=1e-9)
+    top = lambda d, k: dict(sorted(d.items(), key=lambda kv: -kv[1])[:k])  # noqa: E731
+    assert kl_topk(top(full_p, 45), top(full_q, 45), 50) == pytest.approx(kl_exact(p, q), rel=0.05)
+
+
+def test_build_policy_by_name():
+    assert build_policy({"type": "waitk", "k": 3}) == WaitKPolicy(3)
+    assert isinstance(build_policy({"type": "offline"}), OfflinePolicy)
+    lsg = build_policy({"type": "lsg", "delta": 1.0, "alpha": 0.5, "L": 2, "U": 3, "kl": "reverse"})
+    assert lsg == LSGPolicy(1.0, 0.5, 2, 3, "reverse")
+    with pytest.raises(ValueError, match="unknown"):
+        build_policy({"type": "nope"})
+
+
+def test_cut_one_unit_words_and_characters(tiny_tokenizer):
+    enc = lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    dec = lambda ids: tiny_tokenizer.decode(list(ids), skip_special_tokens=True)  # noqa: E731
+    eos = {tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    committed = enc("The cat")
+    kept, stop = cut_one_unit(enc(" sits on the mat"), dec, committed, "word", eos)
+    assert dec(committed + kept) == "The cat sits" and not stop
+    kept, stop = cut_one_unit(enc(" window.") + list(eos), dec, committed, "word", eos)
+    assert dec(kept) == " window." and stop
+    kept, stop = cut_one_unit(list(eos), dec, committed, "word", eos)
+    assert kept == [] and stop
+    zh = enc("政府星期一")
+    kept, _ = cut_one_unit(zh, dec, [], "char", eos)
+    assert 1 <= len(dec(kept)) < 5 and "政府星期一".startswith(dec(kept))
+
+
+# --- decoding on the tiny model --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield HFBackend(str(tiny_model_dir), dtype="float32")
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def prompter(backend):
+    return PrefixPrompter(backend.tokenizer)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_waitk_delays_are_the_schedule(backend, prompter, k):
+    outs, stats = run_prefix_policy(backend, prompter, WaitKPolicy(k), SOURCES, max_new_tokens_final=12)
+    assert stats["generate_calls"] > 0
+    for out in outs:
+        assert out.delays, out
+        assert out.delays == waitk_delays(k, out.source_length, len(out.delays))
+        assert len(out.compute_s) == len(out.delays) and out.compute_s == sorted(out.compute_s)
+
+
+def test_offline_reads_everything_first(backend, prompter):
+    outs, stats = run_prefix_policy(backend, prompter, OfflinePolicy(), SOURCES, max_new_tokens_final=12)
+    assert stats["generate_calls"] == 1
+    for out in outs:
+        assert set(out.delays) == {out.source_length}
+
+
+def test_prompt_is_the_chat_template_with_the_target_appended(backend, prompter):
+    tok = backend.tokenizer
+    src = SOURCES[0]
+    system = DEFAULT_PREFIX_SYSTEM_PROMPT.format(src_lang="German", tgt_lang="English")
+    want = tok.apply_chat_template([{"role": "system", "content": system},
+                                    {"role": "user", "content": "Die Katze sitzt"}],
+                                   tokenize=False, add_generation_prompt=True)
+    target = tok("The cat", add_special_tokens=False)["input_ids"]
+    assert prompter.prompt(src, 3, target) == tok(want, add_special_tokens=False)["input_ids"] + target
+
+
+def _reference_decision(model, tok, src: Source, read: int, written: int, target_ids: list[int],
+                        L: int, U: int, delta: float, alpha: float) -> tuple[str, float, float]:
+    """LSG written out plainly: chat template, full softmax, explicit KL sum, Eq. 3-5."""
+    S = len(src.text.split())
+    i = written + 1
+    low, high = min(L + i - 1, S), min(L + i - 1 + U, S)
+    if read >= S or read >= high:
+        return "write", 0.0, 0.0
+    if read < low:
+        return "read", 0.0, 0.0
+    system = DEFAULT_PREFIX_SYSTEM_PROMPT.format(src_lang="German", tgt_lang="English")
+
+    def probs(j: int) -> torch.Tensor:
+        text = tok.apply_chat_template(
+            [{"role": "system", "content": system}, {"role": "user", "content": " ".join(src.text.split()[:j])}],
+            tokenize=False, add_generation_prompt=True)
+        ids = tok(text, add_special_tokens=False)["input_ids"] + target_ids
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1].double()
+        return torch.softmax(logits, dim=-1)
+
+    p_cur, p_base = probs(read), probs(min(i, S))
+    kl = float(sum(p_cur[v] * (torch.log(p_cur[v]) - torch.log(p_base[v])) for v in range(len(p_cur))))
+    p_max = float(p_cur.max())
+    return ("write" if kl > delta or p_max > alpha else "read"), kl, p_max
+
+
+def test_lsg_matches_a_brute_force_reference_at_every_decision(backend, prompter):
+    # The random tiny model is nearly uniform: thresholds at its scale give both outcomes.
+    L, U, delta, alpha = 1, 3, 2e-5, 0.0037
+    policy = LSGPolicy(delta=delta, alpha=alpha, L=L, U=U)
+    outs, stats = run_prefix_policy(backend, prompter, policy, SOURCES, max_new_tokens_final=12)
+    assert stats["distribution_calls"] > 0
+    by_model = {"read": 0, "write": 0}
+    checked = 0
+    for src, out in zip(SOURCES, outs):
+        for d in out.decisions:
+            if d["by"] == "no-unit":
+                continue
+            want, kl, p_max = _reference_decision(backend.model, backend.tokenizer, src, d["read"], d["written"],
+                                                  out.target_ids[:d["target"]], L, U, delta, alpha)
+            if d["by"] == "model":
+                by_model[d["action"]] += 1
+                assert d["kl"] == pytest.approx(kl, abs=1e-6) and d["p_max"] == pytest.approx(p_max, abs=1e-6)
+                if min(abs(kl - delta), abs(p_max - alpha)) < 1e-6:
+                    continue  # a float tie at the threshold may go either way
+            assert d["action"] == want, (src.index, d, kl, p_max)
+            checked += 1
+    assert checked > 20 and by_model["read"] > 0 and by_model["write"] > 0, by_model
