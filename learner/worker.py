@@ -2,8 +2,8 @@
 
 ``Learner`` is a plain class (one data-parallel rank); ``LearnerWorker`` is it as a Ray actor.
 The driver creates ``num_ranks`` of them with the same master address/port and calls every
-method on every rank at once (they are collective: ``train_step``, ``save_checkpoint``,
-``load_checkpoint``, ``shutdown``, and, under ZeRO-3 only, ``export_weights``).
+method on every rank at once (they are collective: ``train_step``, ``sft_step``, ``sft_eval``,
+``save_checkpoint``, ``load_checkpoint``, ``shutdown``, and, under ZeRO-3 only, ``export_weights``).
 
 DeepSpeed facts this relies on (DESIGN §4): the optimizer is a ``torch.optim.AdamW`` passed in
 (a DeepSpeed-config optimizer JIT-compiles for ~100 s); the first ``init_distributed`` compiles
@@ -26,6 +26,7 @@ from learner.batch import TrainBatch
 from learner.config import LearnerConfig
 from learner.export import adapter_files, export_safetensors, trainable_names
 from learner.policy import PolicyLogprobs, build_policy, sequence_logprobs
+from learner.sft_step import sft_eval, sft_step
 from learner.step import StepSettings, grpo_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +137,14 @@ class Learner:
     def train_step(self, batch_shard: TrainBatch, global_counts: dict[str, int] | None = None) -> dict[str, float]:
         """All GRPO updates of one rollout batch on this rank's shard; global metrics (equal on every rank)."""
         return grpo_step(self, batch_shard, self.settings, global_counts)
+
+    def sft_step(self, batch_shard: TrainBatch, global_tokens: int | None = None) -> dict[str, float]:
+        """One cross-entropy update on the action tokens of this rank's shard (SFT warm start)."""
+        return sft_step(self, batch_shard, self.cfg.micro_batch_size, global_tokens)
+
+    def sft_eval(self, batch_shard: TrainBatch) -> dict[str, float]:
+        """Mean cross-entropy per action token over all ranks' shards (no update)."""
+        return sft_eval(self, batch_shard, self.cfg.micro_batch_size)
 
     def trainable_names(self) -> list[str]:
         """HF checkpoint names of the weights training changes."""
