@@ -1,0 +1,215 @@
+"""EvalActor: runs policy settings over a test set on one model and writes SimulEval outputs.
+
+One actor owns one generation backend (a vLLM engine, or transformers where exact
+full-vocabulary distributions are asked for). :meth:`EvalWorker.run_setting` is a generator:
+it yields progress (sentences finished) while it decodes, then writes into the setting's
+directory
+
+- ``instances.jsonl``: SimulEval's instance log (``index, source, prediction, reference, delays,
+  elapsed, source_length, prediction_length``), ``elapsed`` in ms as SimulEval's computation-aware
+  metrics read it: delay × ``source_unit_ms`` + the sentence's compute time at the write;
+- ``scores.json``: BLEU, chrF, COMET (when configured), AL, LAAL, AP, DAL exactly as
+  ``launch.py score`` computes them from that file, and AL_CA (AL on ``elapsed``, in source units).
+
+Both are written atomically, ``scores.json`` last: its presence marks the setting finished.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from orchestration.runtime import write_json_atomic
+from orchestration.score_cmd import read_instances, summarize
+from reward.latency import al
+from reward.text_metrics import reference_length
+from rollout.prefix_layout import PrefixDecoder, PrefixPrompter, SimulOutput
+from rollout.runner import Source
+from rollout.simul_policies import build_policy, normalize_spaces, units_of_text
+from rollout.units import join_pieces, step_delay, unit_of
+
+
+def computation_aware_al(delays: Sequence[float], compute_s: Sequence[float], source_length: int,
+                         ref_len: int | None, unit_ms: float) -> float:
+    """AL on d_i + C_i / unit_ms: the compute time before each write, counted in source units."""
+    return al([d + c * 1000.0 / unit_ms for d, c in zip(delays, compute_s)], source_length, ref_len)
+
+
+def instance_record(out: SimulOutput, src: Source, unit_ms: float) -> dict[str, Any]:
+    return {"index": src.index, "source": src.text, "prediction": out.prediction,
+            "reference": src.reference, "delays": list(out.delays),
+            "elapsed": [d * unit_ms + c * 1000.0 for d, c in zip(out.delays, out.compute_s)],
+            "source_length": out.source_length, "prediction_length": len(out.delays)}
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str) -> tuple[str, Any]:
+    """A train checkpoint or adapter directory -> ("adapter", {file: bytes}) or ("full", bytes)."""
+    p = Path(path)
+    if (p / "adapter").is_dir():
+        p = p / "adapter"
+    if (p / "adapter_config.json").is_file():
+        return "adapter", {f.name: f.read_bytes() for f in p.iterdir() if f.is_file()}
+    weights = p / "weights" / "model.safetensors"
+    if weights.is_file():
+        return "full", weights.read_bytes()
+    raise ValueError(f"{path}: neither a peft adapter nor a checkpoint with weights/model.safetensors")
+
+
+class EvalWorker:
+    """The body of the EvalActor (plain class, so tests can run it without Ray)."""
+
+    def __init__(self, model: str, dtype: str, backend: str, cfg: dict[str, Any], seed: int = 0,
+                 comet: Any = None):
+        from orchestration.eval_config import EvalRootConfig
+
+        self.cfg = EvalRootConfig.model_validate(cfg)
+        self.backend_name = backend
+        if backend == "vllm":
+            from rollout.engine import VLLMEngine
+
+            self.backend: Any = VLLMEngine(model, dtype, self.cfg.rollout.engine, seed=seed)
+            tokenizer = self.backend.tokenizer
+        else:
+            from rollout.hf_backend import HFBackend
+
+            self.backend = HFBackend(model, dtype="float32" if dtype == "float32" else "bfloat16",
+                                     seed=seed, batch_size=self.cfg.eval.hf_batch_size)
+            tokenizer = self.backend.tokenizer
+        self.tokenizer = tokenizer
+        self.prompter = PrefixPrompter(tokenizer, self.cfg.eval.system_prompt)
+        self.comet_settings = comet
+        self._comet = None
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "backend": self.backend_name,
+                "engine_start_s": getattr(self.backend, "start_s", None)}
+
+    # --- decoding -----------------------------------------------------------------------------
+
+    def _prefix_batches(self, params: dict[str, Any], sources: list[Source]
+                        ) -> Iterator[tuple[int, list[SimulOutput] | None, dict]]:
+        ev = self.cfg.eval
+        policy = build_policy(params)
+        top_k = params.get("top_k") if params.get("distribution") == "topk" else None
+        for start in range(0, len(sources), ev.batch_size):
+            dec = PrefixDecoder(self.backend, self.prompter, policy, sources[start:start + ev.batch_size],
+                                top_k=top_k, max_tokens_per_unit=ev.max_tokens_per_unit,
+                                max_new_tokens_final=ev.max_new_tokens_final)
+            while dec.step():
+                yield start + dec.finished, None, {}
+            yield start + dec.finished, dec.outputs(), dec.stats
+
+    def _learned_batches(self, params: dict[str, Any], sources: list[Source]
+                         ) -> Iterator[tuple[int, list[SimulOutput] | None, dict]]:
+        from rollout.runner import EpisodeFactory, Sampling, run_episodes
+
+        if params.get("checkpoint"):
+            kind, payload = read_checkpoint(params["checkpoint"])
+            load = self.backend.load_adapter if kind == "adapter" else self.backend.load_tensors
+            load(payload, 1)
+        episode = self.cfg.rollout.episode
+        if params.get("chunk_size") is not None:
+            episode = episode.model_copy(update={"chunk_size": params["chunk_size"]})
+        factory = EpisodeFactory(self.tokenizer, episode)
+        for start in range(0, len(sources), self.cfg.eval.batch_size):
+            batch = sources[start:start + self.cfg.eval.batch_size]
+            trajs, stats = run_episodes(self.backend, factory, batch, 1, Sampling(temperature=0.0))
+            # every trajectory active at step t waited for that step's batched call
+            clock = [0.0]
+            for row in stats.per_step:
+                clock.append(clock[-1] + row["seconds"])
+            outs = []
+            for src, t in zip(batch, trajs):
+                # units as the prefix layout counts them (whitespace never counts), per step t
+                unit = unit_of(src.tgt_lang)
+                counts = [units_of_text(piece, unit) for piece in t.pieces]
+                m = t.meta["chunk_size"]
+                delays = [step_delay(step, m, t.source_length) for step, n in enumerate(counts, 1) for _ in range(n)]
+                compute = [clock[step] for step, n in enumerate(counts, 1) for _ in range(n)]
+                prediction = normalize_spaces(join_pieces(t.pieces, unit))
+                outs.append(SimulOutput(src.index, t.source_length, prediction, delays, compute,
+                                        [], [], len(t.token_ids)))
+            yield start + len(batch), outs, stats.as_dict()
+
+    def run_setting(self, setting: dict[str, Any], sources: list[dict[str, Any]], out_dir: str,
+                    meta: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Decode ``sources`` with one setting; yields {"done": n} then {"scores": {...}}."""
+        srcs = [Source(**s) for s in sources]
+        params = setting["params"]
+        run = self._learned_batches if params["type"] == "learned" else self._prefix_batches
+        start = time.perf_counter()
+        outputs: list[SimulOutput] = []
+        totals: dict[str, float] = {}
+        for done, outs, stats in run(params, srcs):
+            if outs is not None:
+                outputs += outs
+                for k, v in stats.items():
+                    if isinstance(v, (int, float)):
+                        totals[k] = totals.get(k, 0) + v
+            yield {"done": done}
+        seconds = time.perf_counter() - start
+        yield {"scores": self._write(setting, srcs, outputs, Path(out_dir), meta,
+                                     dict(totals, wall_s=seconds))}
+
+    # --- outputs ------------------------------------------------------------------------------
+
+    def _write(self, setting: dict[str, Any], srcs: list[Source], outputs: list[SimulOutput],
+               out_dir: Path, meta: dict[str, Any], stats: dict[str, float]) -> dict[str, Any]:
+        ev = self.cfg.eval
+        out_dir.mkdir(parents=True, exist_ok=True)
+        unit = unit_of(srcs[0].tgt_lang)
+        rows = [instance_record(o, s, ev.source_unit_ms) for o, s in zip(outputs, srcs)]
+        path = write_jsonl_atomic(out_dir / "instances.jsonl", rows)
+        scores = summarize(read_instances(path, unit), unit)
+        ca = [computation_aware_al(o.delays, o.compute_s, o.source_length,
+                                   reference_length(s.reference, unit) if s.reference else None,
+                                   ev.source_unit_ms)
+              for o, s in zip(outputs, srcs) if o.delays]
+        scores["AL_CA"] = math.fsum(ca) / len(ca) if ca else None
+        if self.comet_settings is not None:
+            scores["COMET"] = self._comet_score(srcs, outputs, unit)
+        params = setting["params"]
+        if params["type"] == "lsg":
+            scores["distribution"] = ("exact (full vocabulary)" if params["distribution"] == "exact"
+                                      else f"top-{params['top_k']} approximation")
+        result = {"setting": setting["name"], "line": setting["line"], "policy": params["type"],
+                  "params": params, **scores, "latency_note":
+                  "AL/LAAL/AP/DAL: SimulEval 1.1 on delays; AL_CA: AL on delays + compute seconds "
+                  f"x 1000 / {ev.source_unit_ms} ms per source unit", **meta, "stats": stats}
+        write_json_atomic(out_dir / "scores.json", result)
+        return result
+
+    def _comet_score(self, srcs: list[Source], outputs: list[SimulOutput], unit: str) -> float | None:
+        """Corpus COMET: the mean segment score (an empty prediction is scored as it is)."""
+        from reward.client import RewardClient
+        from reward.types import QualityItem
+
+        if self._comet is None:
+            self._comet = RewardClient(self.comet_settings)
+        items = [QualityItem(s.text, o.prediction, s.reference or "", unit) for s, o in zip(srcs, outputs)]
+        batch = self._comet.quality(items)
+        return math.fsum(batch.scores) / len(batch.scores) if batch.scores else None
+
+    def shutdown(self) -> None:
+        if self._comet is not None:
+            self._comet.close()
+        if hasattr(self.backend, "shutdown"):
+            self.backend.shutdown()
+
+
+def eval_actor_class():
+    """The Ray actor class (built on first use so importing this module needs no Ray)."""
+    import ray
+
+    return ray.remote(EvalWorker)
+

@@ -1,0 +1,178 @@
+"""``launch.py eval``: put policies on the quality-latency plane of one test set.
+
+Resolves and validates the config, the test set (``data.test``, its first ``data.limit`` lines)
+and every checkpoint before anything heavy starts; then runs the settings one EvalActor at a
+time (one engine per backend; a learned setting with a checkpoint gets a fresh engine), with a
+progress bar per setting. The run directory holds ``config.yaml``, ``settings/NAME/
+{instances.jsonl,scores.json}``, ``curves.png`` and ``summary.json``. Re-running the same command
+(same ``run.dir``) skips every setting whose ``scores.json`` was written with the same inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestration.config_loader import REPO_ROOT, resolve_run_dir, write_resolved_config
+from orchestration.data import Dataset, load_pairs
+from orchestration.errors import UserInputError
+from orchestration.eval_config import EvalRootConfig, RunSetting, expand_settings, load_eval_config
+from orchestration.eval_plot import plot_quality_latency, summary_table
+from orchestration.runtime import start_ray, write_json_atomic
+
+
+def _local(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
+    """Model and checkpoint paths exist (a hub id is allowed for the model)."""
+    model = _local(cfg.model.path)
+    if model.exists() and not (model / "config.json").is_file():
+        raise UserInputError(f"model.path={cfg.model.path}: {model} has no config.json")
+    if not model.exists() and (Path(cfg.model.path).is_absolute() or cfg.model.path.startswith((".", "models/"))):
+        raise UserInputError(f"model.path={cfg.model.path}: {model} does not exist; `make setup` prepares the "
+                             "CPU demo model, or pass a Hugging Face id or another directory")
+    for s in settings:
+        dist = s.params.get("distribution")
+        if dist is not None and (dist == "exact") != (s.backend == "hf"):
+            raise UserInputError(f"eval.settings: {s.name}: distribution={dist} needs the "
+                                 f"{'hf' if dist == 'exact' else 'vllm'} backend (eval.backend=auto picks it)")
+        ckpt = s.params.get("checkpoint")
+        if ckpt is None:
+            continue
+        p = _local(ckpt)
+        ok = (p / "adapter").is_dir() or (p / "adapter_config.json").is_file() or \
+            (p / "weights" / "model.safetensors").is_file()
+        if not ok:
+            raise UserInputError(f"eval.settings: checkpoint {ckpt}: {p} is neither a train checkpoint "
+                                 "(adapter/ or weights/model.safetensors) nor a peft adapter directory")
+        if s.backend == "hf":
+            raise UserInputError(f"eval.settings: checkpoint {ckpt} needs the vllm backend (eval.backend=auto or vllm)")
+
+
+def fingerprint(cfg: EvalRootConfig, setting: RunSetting, ds: Dataset) -> dict[str, Any]:
+    """Everything a setting's result depends on; a finished setting is redone if it changes."""
+    ev = cfg.eval.model_dump(exclude={"settings", "plot_quality", "batch_size", "hf_batch_size"})
+    layout = cfg.rollout.episode.model_dump() if setting.params["type"] == "learned" else None
+    return {"params": setting.params, "backend": setting.backend, "model": cfg.model.model_dump(),
+            "data": {"set": ds.spec.name, "lines": len(ds)}, "eval": ev, "episode": layout}
+
+
+def finished_scores(path: Path, want: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if data.get("fingerprint") == json.loads(json.dumps(want)) else None
+
+
+def _groups(settings: list[RunSetting]) -> list[tuple[str, str | None, list[RunSetting]]]:
+    """Settings sharing an engine: (backend, checkpoint) in first-seen order."""
+    groups: dict[tuple[str, str | None], list[RunSetting]] = {}
+    for s in settings:
+        groups.setdefault((s.backend, s.params.get("checkpoint")), []).append(s)
+    return [(b, c, ss) for (b, c), ss in groups.items()]
+
+
+def _comet_settings(cfg: EvalRootConfig) -> Any:
+    if cfg.eval.comet_model is None:
+        return None
+    from reward.config import RewardConfig
+
+    return RewardConfig(quality="comet", comet_model=cfg.eval.comet_model,
+                        comet_batch_size=cfg.eval.comet_batch_size, comet_python=cfg.eval.comet_python).settings()
+
+
+def run_group(cfg: EvalRootConfig, backend: str, needs_lora: bool, todo: list[tuple[RunSetting, dict]],
+              sources: list[dict[str, Any]], run_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """One EvalActor runs ``todo`` in order; returns their scores."""
+    import ray
+    from tqdm import tqdm
+
+    from orchestration.eval_actor import eval_actor_class
+
+    actor_cfg = cfg.model_copy(deep=True)
+    if needs_lora:
+        actor_cfg.rollout.engine.enable_lora = True
+    actor = eval_actor_class().options(
+        num_cpus=cfg.rollout.num_cpus_per_worker, num_gpus=cfg.rollout.num_gpus_per_worker,
+    ).remote(str(_local(cfg.model.path)) if _local(cfg.model.path).exists() else cfg.model.path,
+             cfg.model.dtype, backend, actor_cfg.model_dump(mode="json"), cfg.run.seed, _comet_settings(cfg))
+    results = []
+    try:
+        for setting, fp in todo:
+            bar = tqdm(total=len(sources), desc=setting.name, unit="sent", leave=True)
+            gen = actor.run_setting.options(num_returns="streaming").remote(
+                {"name": setting.name, "line": setting.line, "params": setting.params}, sources,
+                str(run_dir / "settings" / setting.name), dict(meta, backend=backend, fingerprint=fp))
+            scores = None
+            for ref in gen:
+                msg = ray.get(ref)
+                if "done" in msg:
+                    bar.update(msg["done"] - bar.n)
+                else:
+                    scores = msg["scores"]
+            bar.close()
+            results.append(scores)
+    finally:
+        try:
+            ray.get(actor.shutdown.remote())
+        except Exception:  # the actor is gone already; nothing to release
+            pass
+        ray.kill(actor)
+    return results
+
+
+def run_eval(cfg: EvalRootConfig, run_dir: Path) -> list[dict[str, Any]]:
+    settings = expand_settings(cfg.eval)
+    check_inputs(cfg, settings)
+    ds = load_pairs(cfg.data.test, cfg.data, seed=cfg.run.seed, purpose="test", limit=cfg.data.limit, shuffle=False)
+    write_resolved_config(cfg, run_dir)  # type: ignore[arg-type]
+    sources = [{"index": p.index, "text": p.source, "src_lang": ds.src_lang, "tgt_lang": ds.tgt_lang,
+                "reference": p.reference} for p in ds]
+    meta = {"dataset": ds.spec.name, "lines": len(ds), "model": cfg.model.path,
+            "latency_unit": "char" if ds.tgt_lang in ("zh", "ja") else "word"}
+    done: dict[str, dict[str, Any]] = {}
+    pending: list[tuple[RunSetting, dict]] = []
+    for s in settings:
+        fp = fingerprint(cfg, s, ds)
+        prior = finished_scores(run_dir / "settings" / s.name / "scores.json", fp)
+        if prior is not None:
+            print(f"{s.name}: finished earlier, kept ({run_dir / 'settings' / s.name})")
+            done[s.name] = prior
+        else:
+            pending.append((s, fp))
+    if pending:
+        started = start_ray(cfg.ray.address, cfg.ray.num_cpus, log_to_driver=False)
+        try:
+            for backend, ckpt, group in _groups([s for s, _ in pending]):
+                todo = [(s, fp) for s, fp in pending if s in group]
+                lora = ckpt is not None and not (_local(ckpt) / "weights" / "model.safetensors").is_file()
+                for s, scores in zip(group, run_group(cfg, backend, lora, todo, sources, run_dir, meta)):
+                    done[s.name] = scores
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    rows = [done[s.name] for s in settings]
+    title = f"{cfg.model.path} · {ds.spec.name} · {len(ds)} lines"
+    plot_quality_latency(rows, run_dir / "curves.png", cfg.eval.plot_quality, title)
+    write_json_atomic(run_dir / "summary.json", {"dataset": ds.spec.name, "lines": len(ds), "rows": [
+        {k: v for k, v in r.items() if k not in ("fingerprint", "stats")} for r in rows]})
+    return rows
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_eval_config(args.config, args.overrides)
+    run_dir = resolve_run_dir(cfg)  # type: ignore[arg-type]
+    rows = run_eval(cfg, run_dir)
+    print(summary_table(rows))
+    print(f"run directory: {run_dir} (curves.png, summary.json, settings/*/instances.jsonl, scores.json)")
+    return 0
+

@@ -1,0 +1,242 @@
+"""Typed configuration of ``launch.py eval``: which policies, on which test set, how.
+
+The eval root config has the driver's ``run``, ``data``, ``model`` and ``ray`` sections, the
+``rollout`` section (the learned policy's episode layout and the vLLM engine) and ``eval``.
+``eval.settings`` is a list of policy entries chosen by ``type:`` (:data:`POLICY_TYPES`); a list
+in a swept field (``k``, ``levels``, ``checkpoint``, ``chunk_size``) expands into one setting
+per value, so one entry sweeps wait-k over k = 1, 3, 5, 7 or LSG over the paper's four levels.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestration.config import DataConfig, ModelConfig, RayConfig, RunConfig
+from orchestration.config_loader import (
+    ConfigError, _allowed_keys, _read_yaml, apply_override, parse_override, resolve_dtypes)
+from rollout.config import RolloutConfig
+from rollout.prefix_layout import DEFAULT_PREFIX_SYSTEM_PROMPT
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+K = Annotated[int, Field(ge=1, le=1000)]
+Chunk = Annotated[int, Field(ge=1, le=64)]
+PathStr = Annotated[str, Field(min_length=1, max_length=1000)]
+Label = Field(None, min_length=1, max_length=60, description="line name on the plot; null = the policy type")
+
+
+class WaitKSetting(_Section):
+    """wait-k (prefix layout): read k units, then write one / read one."""
+
+    type: Literal["waitk"] = Field(description="policy name")
+    k: K | Annotated[list[K], Field(min_length=1)] = Field(
+        description="units read before the first write; a list sweeps")
+    label: str | None = Label
+
+
+LevelLU = Annotated[list[Annotated[int, Field(ge=0, le=1000)]], Field(min_length=2, max_length=2)]
+
+
+class LSGSetting(_Section):
+    """LSG (Guo et al., AAAI 2025; prefix layout): KL / confidence rule inside a read range."""
+
+    type: Literal["lsg"] = Field(description="policy name")
+    delta: float = Field(9.0, ge=0.0, le=1000.0, description="δ: WRITE when KL(p_cur, p_base) > δ (De→En 9.0, En→De 7.5)")
+    alpha: float = Field(0.6, ge=0.0, le=1.0, description="α: WRITE when max p_cur > α")
+    levels: list[LevelLU] = Field(
+        default_factory=lambda: [[1, 4], [3, 4], [5, 6], [7, 6]], min_length=1, max_length=64,
+        description="[L, U] read ranges, one setting each (the paper's four latency levels)")
+    kl: Literal["forward", "reverse"] = Field(
+        "forward", description="forward = KL(p_cur ‖ p_base) as in the paper, reverse as their public code")
+    distribution: Literal["exact", "topk"] = Field(
+        "topk", description="exact = full-vocabulary log-probs (transformers), topk = vLLM's top_k list (approximate)")
+    top_k: int = Field(20, ge=1, le=20, description="log-probs per distribution with distribution=topk (vLLM allows 20)")
+    label: str | None = Label
+
+
+class LearnedSetting(_Section):
+    """The trained policy in the interleaved chunk layout (DESIGN §2.1), greedy."""
+
+    type: Literal["learned"] = Field(description="policy name")
+    chunk_size: Chunk | None | Annotated[list[Chunk], Field(min_length=1)] = Field(
+        None, description="source units per chunk; null = rollout.episode.chunk_size; a list sweeps")
+    checkpoint: PathStr | None | Annotated[list[PathStr], Field(min_length=1)] = Field(
+        None,
+        description="a train checkpoint (checkpoints/step-N), a peft adapter directory, or null = model.path as is; a list sweeps")
+    label: str | None = Label
+
+
+class OfflineSetting(_Section):
+    """Full-sentence translation (quality ceiling; AL = |X|)."""
+
+    type: Literal["offline"] = Field(description="policy name")
+    label: str | None = Label
+
+
+PolicyEntry = Annotated[Union[WaitKSetting, LSGSetting, LearnedSetting, OfflineSetting],
+                        Field(discriminator="type")]
+POLICY_TYPES = ("waitk", "lsg", "learned", "offline")
+
+
+class EvalConfig(_Section):
+    """The evaluator: policy settings, decoding caps, metrics, plot."""
+
+    settings: list[PolicyEntry] = Field(
+        default_factory=lambda: [OfflineSetting(type="offline")], min_length=1, max_length=1000,
+        description="policy entries (type: waitk | lsg | learned | offline); lists in k/levels/checkpoint/chunk_size sweep")
+    backend: Literal["auto", "vllm", "hf"] = Field(
+        "auto", description="auto = vLLM, and transformers for LSG with distribution=exact")
+    batch_size: int = Field(128, ge=1, le=100_000, description="sentences decoded in lock-step per batch")
+    hf_batch_size: int = Field(8, ge=1, le=4096, description="prompts per transformers forward (hf backend)")
+    max_tokens_per_unit: int = Field(8, ge=1, le=256, description="generation cap of one write (one word or character)")
+    max_new_tokens_final: int = Field(256, ge=1, le=8192, description="generation cap once the source is complete")
+    system_prompt: str = Field(
+        DEFAULT_PREFIX_SYSTEM_PROMPT, min_length=1, max_length=4000,
+        description="instruction of the prefix layout (wait-k, LSG, offline); {src_lang} {tgt_lang} are filled in")
+    source_unit_ms: float = Field(
+        400.0, gt=0.0, le=100_000.0,
+        description="assumed arrival time of one source unit (ms): scales compute time into AL_CA")
+    comet_model: str | None = Field(None, min_length=1, max_length=1000,
+                                    description="COMET checkpoint directory or hub id; null = no COMET")
+    comet_python: str | None = Field(".venv-comet/bin/python", min_length=1, max_length=1000,
+                                     description="interpreter of the COMET actor (relative to the repository)")
+    comet_batch_size: int = Field(32, ge=1, le=4096, description="segments per COMET batch")
+    plot_quality: Literal["BLEU", "chrF", "COMET"] = Field("BLEU", description="quality axis of curves.png")
+
+
+class EvalRootConfig(_Section):
+    """Everything ``launch.py eval`` needs."""
+
+    run: RunConfig = Field(default_factory=lambda: RunConfig(name="eval"), description="run directory and seed")
+    data: DataConfig = Field(default_factory=DataConfig,
+                             description="data.test names the test set; data.limit keeps its first lines (never shuffled)")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the model every policy runs on")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig,
+                                   description="episode layout of the learned policy; rollout.engine for vLLM")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="policies, caps, metrics")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster")
+
+
+# --- expansion into single settings ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSetting:
+    """One point of the sweep: a policy with single values, its directory name and line."""
+
+    name: str
+    line: str
+    backend: Literal["vllm", "hf"]
+    params: dict[str, Any]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+
+
+def _backend(entry: Any, choice: str) -> Literal["vllm", "hf"]:
+    if choice != "auto":
+        return choice  # type: ignore[return-value]
+    exact = isinstance(entry, LSGSetting) and entry.distribution == "exact"
+    return "hf" if exact else "vllm"
+
+
+def _checkpoint_tag(path: str) -> str:
+    """runs/x/checkpoints/step-4 -> x-step-4; any other directory -> its name."""
+    p = Path(path)
+    tag = f"{p.parent.parent.name}-{p.name}" if p.parent.name == "checkpoints" else p.name
+    return _slug(tag)
+
+
+def expand_settings(cfg: EvalConfig) -> list[RunSetting]:
+    """Every single setting of the sweep, in config order; names are unique."""
+    out: list[RunSetting] = []
+    for entry in cfg.settings:
+        backend = _backend(entry, cfg.backend)
+        line = entry.label or entry.type
+        if isinstance(entry, WaitKSetting):
+            for k in _as_list(entry.k):
+                out.append(RunSetting(f"waitk-k{k}", line, backend, {"type": "waitk", "k": k}))
+        elif isinstance(entry, LSGSetting):
+            for L, U in entry.levels:
+                params = entry.model_dump(exclude={"levels", "label"}) | {"L": L, "U": U}
+                tag = "" if entry.kl == "forward" else "-reverse"
+                tag += "-exact" if entry.distribution == "exact" else ""
+                out.append(RunSetting(f"lsg-L{L}-U{U}{tag}", line, backend, params))
+        elif isinstance(entry, LearnedSetting):
+            for ckpt in _as_list(entry.checkpoint):
+                for m in _as_list(entry.chunk_size):
+                    what = "base" if ckpt is None else _checkpoint_tag(ckpt)
+                    name = f"learned-{what}" + ("" if m is None else f"-m{m}")
+                    out.append(RunSetting(name, line, backend,
+                                          {"type": "learned", "checkpoint": ckpt, "chunk_size": m}))
+        else:
+            out.append(RunSetting("offline", line, backend, {"type": "offline"}))
+    seen: dict[str, int] = {}
+    unique = []
+    for s in out:  # the same point twice (or two checkpoints with one name) get a suffix
+        n = seen.get(s.name, 0)
+        seen[s.name] = n + 1
+        unique.append(s if n == 0 else RunSetting(f"{s.name}-{n + 1}", s.line, s.backend, s.params))
+    return unique
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _allowed(loc: tuple) -> list[str]:
+    """Field names of the section holding the key at ``loc`` (a policy entry: its type's)."""
+    tags = [p for p in loc if isinstance(p, str) and p in POLICY_TYPES]
+    if tags:
+        entry = {"waitk": WaitKSetting, "lsg": LSGSetting, "learned": LearnedSetting,
+                 "offline": OfflineSetting}[tags[-1]]
+        return list(entry.model_fields)
+    return _allowed_keys(EvalRootConfig, tuple(str(p) for p in loc))
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines, keys = [], set()
+    for item in err.errors():
+        # Drop union members from the location: eval.settings.0.waitk.kk -> eval.settings.0.kk
+        loc = [str(p) for p in item["loc"] if not (isinstance(p, str) and (
+            p in POLICY_TYPES or "-" in p or "[" in p))]
+        key = ".".join(loc) or "<root>"
+        if key in keys:  # one message per key (a union reports each of its members)
+            continue
+        keys.add(key)
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: {key}: unknown key; allowed here: {', '.join(_allowed(item['loc']))}")
+        elif item["type"] == "union_tag_invalid":
+            lines.append(f"{source}: {key}: unknown policy type {item['input'].get('type')!r}; "
+                         f"allowed: {', '.join(POLICY_TYPES)}")
+        else:
+            got = item.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalRootConfig:
+    """YAML file (optional, ``base:`` allowed) + ``key=value`` overrides -> validated config."""
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    try:
+        cfg = EvalRootConfig.model_validate(data)
+    except ValidationError as err:
+        source = str(path) if path is not None else "defaults"
+        if overrides:
+            source += " + command-line overrides"
+        raise ConfigError(_format(err, source)) from None
+    return resolve_dtypes(cfg)

@@ -1,0 +1,168 @@
+"""launch.py eval: config errors, sweep expansion, the whole command on the tiny model
+(transformers backend; one vLLM run is marked slow), latency equal to the simuleval package's,
+and resuming without redoing finished settings."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+import launch
+from orchestration.config_loader import ConfigError
+from orchestration.eval_config import expand_settings, load_eval_config
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # pydub (imported by simuleval) warns about ffmpeg
+    from simuleval.evaluator.instance import LogInstance
+    from simuleval.evaluator.scorers import latency_scorer as ls
+
+SRC = ["Die Katze sitzt auf der Matte.", "Der Zug nach Berlin hat heute Verspätung.",
+       "Wir übersetzen den Satz, während der Sprecher noch redet.", "Guten Morgen."]
+REF = ["The cat sits on the mat.", "The train to Berlin is late today.",
+       "We translate the sentence while the speaker is still talking.", "Good morning."]
+
+
+def _yaml(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "eval.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_sweeps_expand_into_named_settings(tmp_path):
+    cfg = load_eval_config(_yaml(tmp_path, """
+eval:
+  settings:
+    - {type: waitk, k: [1, 3, 5, 7]}
+    - {type: lsg, levels: [[1, 4], [3, 4], [5, 6], [7, 6]]}
+    - {type: lsg, distribution: exact, kl: reverse, levels: [[1, 4]]}
+    - {type: learned, checkpoint: [runs/a/checkpoints/step-4, runs/a/checkpoints/step-8], chunk_size: 3}
+    - {type: offline}
+"""))
+    got = [(s.name, s.backend) for s in expand_settings(cfg.eval)]
+    assert got == [("waitk-k1", "vllm"), ("waitk-k3", "vllm"), ("waitk-k5", "vllm"), ("waitk-k7", "vllm"),
+                   ("lsg-L1-U4", "vllm"), ("lsg-L3-U4", "vllm"), ("lsg-L5-U6", "vllm"), ("lsg-L7-U6", "vllm"),
+                   ("lsg-L1-U4-reverse-exact", "hf"), ("learned-a-step-4-m3", "vllm"),
+                   ("learned-a-step-8-m3", "vllm"), ("offline", "vllm")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("eval:\n  settings:\n    - {type: waitk, kk: 3}\n", r"eval\.settings\.0\.kk: unknown key; allowed here: type, k"),
+    ("eval:\n  settings:\n    - {type: wait, k: 3}\n", r"eval\.settings\.0: unknown policy type 'wait'"),
+    ("eval:\n  settings:\n    - {type: waitk, k: 0}\n", r"eval\.settings\.0\.k: Input should be greater"),
+    ("eval:\n  settings:\n    - {type: lsg, levels: [[1, 4, 5]]}\n", r"eval\.settings\.0\.levels\.0"),
+    ("eval:\n  setings: []\n", r"eval\.setings: unknown key"),
+    ("eval:\n  settings: []\n", r"eval\.settings: List should have at least 1 item"),
+])
+def test_bad_config_names_the_dotted_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_eval_config(_yaml(tmp_path, text))
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    path = _yaml(tmp_path, "eval:\n  settings:\n    - {type: waitk, k: 2}\n")
+    assert launch.main(["eval", "--config", path, "eval.bogus=1"]) == 2
+    assert "eval.bogus: unknown key" in capsys.readouterr().err
+    missing = tmp_path / "nowhere"
+    assert launch.main(["eval", "--config", path, f"data.dir={missing}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "newstest2015_deen").mkdir()
+    (root / "newstest2015_deen" / "src.txt").write_text("\n".join(SRC) + "\n")
+    (root / "newstest2015_deen" / "ref.txt").write_text("\n".join(REF) + "\n")
+    return root
+
+
+def _config(tmp_path: Path, model: Path, data: Path, backend: str, settings: str) -> str:
+    return _yaml(tmp_path, f"""
+run: {{dir: {tmp_path / 'run'}}}
+data: {{dir: {data}, test: newstest2015_deen, limit: 3}}
+model: {{path: {model}, dtype: float32}}
+rollout:
+  episode: {{max_new_tokens_per_step: 6, max_new_tokens_final: 12}}
+  engine: {{cpu_kv_cache_gib: 1, max_model_len: 1024}}
+  num_cpus_per_worker: 0
+eval:
+  backend: {backend}
+  hf_batch_size: 4
+  max_new_tokens_final: 12
+  settings:
+{settings}
+""")
+
+
+def _simuleval_latency(path: Path) -> dict[str, float]:
+    """The simuleval package's corpus latency of an instances file (its own reader and scorers)."""
+    instances = {}
+    for line in path.read_text().splitlines():
+        ins = LogInstance(line)
+        instances[ins.index] = ins
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {name: scorer(instances) for name, scorer in
+                (("AL", ls.ALScorer()), ("LAAL", ls.LAALScorer()), ("AP", ls.APScorer()), ("DAL", ls.DALScorer()))}
+
+
+def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, ray_local, monkeypatch):
+    from orchestration import eval_cmd
+
+    cfg = _config(tmp_path, tiny_model_dir, data_dir, "hf", """    - {type: waitk, k: [1, 3]}
+    - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]], distribution: exact}
+    - {type: learned, chunk_size: 2}
+    - {type: offline}""")
+    assert launch.main(["eval", "--config", cfg]) == 0
+    run = tmp_path / "run"
+    names = ["waitk-k1", "waitk-k3", "lsg-L1-U3-exact", "learned-base-m2", "offline"]
+    assert (run / "curves.png").stat().st_size > 1000 and (run / "config.yaml").is_file()
+    for name in names:
+        path = run / "settings" / name / "instances.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [r["index"] for r in rows] == [0, 1, 2]
+        assert set(rows[0]) == {"index", "source", "prediction", "reference", "delays", "elapsed",
+                                "source_length", "prediction_length"}
+        scores = json.loads((run / "settings" / name / "scores.json").read_text())
+        for key in ("BLEU", "chrF", "AL", "LAAL", "AP", "DAL", "AL_CA"):
+            assert key in scores, (name, key)
+        if scores["scored"] == 3:  # simuleval cannot average over an empty prediction's missing delays
+            oracle = _simuleval_latency(path)
+            for key, value in oracle.items():
+                assert scores[key] == pytest.approx(value, abs=1e-9), (name, key)
+        if name.startswith("waitk"):
+            k = int(name[-1])
+            for r in rows:
+                assert r["delays"] == [min(k + i, r["source_length"]) for i in range(len(r["delays"]))]
+    assert json.loads((run / "settings" / "lsg-L1-U3-exact" / "scores.json").read_text())["distribution"] \
+        .startswith("exact")
+
+    # Re-running finds every setting finished: no actor is started, outputs are kept.
+    stamp = (run / "settings" / "waitk-k1" / "scores.json").stat().st_mtime_ns
+    monkeypatch.setattr(eval_cmd, "run_group", lambda *a, **k: pytest.fail("a finished setting was redone"))
+    assert launch.main(["eval", "--config", cfg]) == 0
+    assert (run / "settings" / "waitk-k1" / "scores.json").stat().st_mtime_ns == stamp
+
+    # A changed setting (k=2 is new) is the only one run.
+    ran = []
+    monkeypatch.setattr(eval_cmd, "run_group", lambda cfg, b, lora, todo, *a: ran.extend(s.name for s, _ in todo)
+                        or [json.loads((run / "settings" / "waitk-k1" / "scores.json").read_text())] * len(todo))
+    assert launch.main(["eval", "--config", cfg, "eval.settings=[{type: waitk, k: [1, 2]}]"]) == 0
+    assert ran == ["waitk-k2"]
+
+
+@pytest.mark.slow
+def test_eval_on_vllm(tmp_path, tiny_model_dir, data_dir, ray_local):
+    """One tiny vLLM engine runs wait-k, LSG with top-K distributions and the learned layout."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir, "vllm", """    - {type: waitk, k: 2}
+    - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]], top_k: 5}
+    - {type: learned, chunk_size: 2}""")
+    assert launch.main(["eval", "--config", cfg]) == 0
+    run = tmp_path / "run"
+    lsg = json.loads((run / "settings" / "lsg-L1-U3" / "scores.json").read_text())
+    assert lsg["distribution"] == "top-5 approximation" and lsg["backend"] == "vllm"
+    for r in map(json.loads, (run / "settings" / "waitk-k2" / "instances.jsonl").read_text().splitlines()):
+        assert r["delays"] == [min(2 + i, r["source_length"]) for i in range(len(r["delays"]))]
+    assert (run / "curves.png").is_file()
