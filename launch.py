@@ -15,6 +15,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config (see configs/); defaults apply without one")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, e.g. run.dir=runs/x rollout.episode.chunk_size=4")
+    p.add_argument("--address", metavar="ADDR",
+                   help="join this Ray cluster (same as ray.address=ADDR; default $RAY_ADDRESS, else local)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after step N")
     p.set_defaults(handler="orchestration.train:main")
+
+    p = sub.add_parser("sft", help="SFT warm start on interleaved episodes built from parallel pairs")
+    _config_args(p)
+    p.set_defaults(handler="orchestration.sft:main")
+
+    p = sub.add_parser("eval", help="evaluate wait-k, LSG, learned and offline policies on a test set: "
+                                    "instances, scores, quality-latency curves")
+    _config_args(p)
+    p.set_defaults(handler="orchestration.eval_cmd:main")
 
     p = sub.add_parser("show-config", help="print the resolved config (YAML) and exit")
     _config_args(p)
@@ -55,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 BENCHMARKS = {
     "rollout": "orchestration.bench_rollout:main",
     "reward": "orchestration.bench_reward:main",
+    "sft": "orchestration.bench_sft:main",
 }
 
 
@@ -67,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides or []) + extra
+    if getattr(args, "address", None):
+        args.overrides = list(args.overrides or []) + [f"ray.address={args.address}"]
     handler = BENCHMARKS[args.kind] if args.command == "bench" else args.handler
     module_name, func_name = handler.split(":")
     from orchestration.errors import UserInputError

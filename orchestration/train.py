@@ -20,7 +20,7 @@ from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog, plot_curves
 from orchestration.runtime import start_ray, write_json_atomic
 from orchestration.train_parts import (DevResult, build_learners, evaluate_dev, group_metrics,
-                                       learner_batch, reward_groups, sync_names, to_sources)
+                                       learner_batch, policy_path, reward_groups, sync_names, to_sources)
 
 
 def load_training_data(cfg: RootConfig) -> tuple[Dataset, list, Dataset]:
@@ -46,6 +46,7 @@ def check_model(cfg: RootConfig) -> None:
     elif path.is_absolute() or cfg.model.path.startswith((".", "models/")):
         raise UserInputError(f"model.path={cfg.model.path}: {local} does not exist; `make setup` prepares the "
                              "CPU demo model there, or pass a Hugging Face id or another directory")
+    policy_path(cfg)   # model.init_from must name a finished SFT run
 
 
 class Trainer:
@@ -77,9 +78,7 @@ class Trainer:
             self._restore(self._resume_from)
 
     def _model_path(self) -> str:
-        path = Path(self.cfg.model.path)
-        local = path if path.is_absolute() else Path(__file__).resolve().parent.parent / path
-        return str(local) if local.exists() else self.cfg.model.path
+        return policy_path(self.cfg)
 
     def _restore(self, ckpt: Path) -> None:
         import ray

@@ -118,6 +118,28 @@ def evaluate_dev(pool, reward_client, dev: Dataset, cfg: RootConfig) -> DevResul
                      empty=empty, sentences=len(sources), scorer=q.scorer.name)
 
 
+SFT_MODEL_DIR = "model"   # where `launch.py sft` writes its policy as a plain HF directory
+
+
+def policy_path(cfg: RootConfig) -> str:
+    """The starting policy: ``model.init_from``'s ``model/`` (an SFT run), else ``model.path``
+    (a local directory made absolute, or a hub id)."""
+    from pathlib import Path
+
+    from orchestration.config_loader import REPO_ROOT
+    from orchestration.errors import UserInputError
+
+    if cfg.model.init_from:
+        run = Path(cfg.model.init_from)
+        model = (run if run.is_absolute() else REPO_ROOT / run) / SFT_MODEL_DIR
+        if not (model / "config.json").is_file():
+            raise UserInputError(f"model.init_from={cfg.model.init_from}: {model} holds no model; pass the run "
+                                 "directory of a finished `launch.py sft` run (it writes model/ there)")
+        return str(model.resolve())
+    local = REPO_ROOT / cfg.model.path
+    return str(local) if local.exists() else cfg.model.path
+
+
 def build_learners(cfg: RootConfig) -> list:
     """One LearnerWorker per data-parallel rank, placed through a placement group."""
     import ray
@@ -151,10 +173,7 @@ def build_learners(cfg: RootConfig) -> list:
 
     ep_opts = {"scheduling_strategy": opts(0)["scheduling_strategy"]} if pg is not None else {}
     addr, port = ray.get(master_endpoint.options(**ep_opts).remote())
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    model = cfg.model.path if not (root / cfg.model.path).exists() else str(root / cfg.model.path)
+    model = policy_path(cfg)
     workers = [LearnerWorker.options(**opts(i)).remote(lc.model_dump(), model, i, lc.num_ranks, addr, port,
                                                        cfg.run.seed)
                for i in range(lc.num_ranks)]

@@ -1,0 +1,263 @@
+"""``launch.py sft``: the policy-consistent SFT warm start (DESIGN §2.5).
+
+Parallel pairs → interleaved episodes built by the rollout's own code with the segmentation
+rule (``rollout.sft_episodes``) → token ids and action masks → the DeepSpeed learner ranks'
+cross-entropy step, one sequence per pair. Dev loss and a greedy interleaved rollout
+evaluation (chrF, AL) before training and after every epoch; after every epoch the policy is
+written to ``RUN_DIR/model`` as a plain HF directory (LoRA merged), which
+``train model.init_from=RUN_DIR`` starts from.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from orchestration.checkpoint import write_checkpoint
+from orchestration.config_loader import load_config, resolve_run_dir, write_resolved_config
+from orchestration.data import Dataset, Pair, load_pairs, source_units
+from orchestration.errors import UserInputError
+from orchestration.metrics_log import MetricsLog
+from orchestration.runtime import start_ray, write_json_atomic
+from orchestration.sft_config import SftRootConfig
+from orchestration.train_parts import SFT_MODEL_DIR, build_learners, policy_path, sync_names, to_sources
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".index.json")
+
+
+def load_sft_data(cfg: SftRootConfig) -> tuple[Dataset, list[Pair], Dataset]:
+    """Training pairs (seeded shuffle, length filter, then ``data.limit``) and the dev pairs."""
+    train = load_pairs(cfg.data.train, cfg.data, seed=cfg.run.seed, purpose="train", shuffle=cfg.data.shuffle)
+    lo, hi = cfg.sft.min_source_units, cfg.sft.max_source_units
+    keep = [p for p in train.pairs if lo <= source_units(p.source, train.src_lang) <= hi]
+    keep = keep[:cfg.data.limit] if cfg.data.limit else keep
+    if not keep:
+        raise UserInputError(f"sft.min_source_units/max_source_units: no pair of {cfg.data.train} has "
+                             f"{lo}-{hi} source units")
+    dev = load_pairs(cfg.data.dev, cfg.data, seed=cfg.run.seed, purpose="dev", limit=cfg.sft.dev_size)
+    return train, keep, dev
+
+
+def episode_factory(cfg: SftRootConfig, model_path: str):
+    from transformers import AutoTokenizer
+
+    from rollout.runner import EpisodeFactory
+
+    return EpisodeFactory(AutoTokenizer.from_pretrained(model_path), cfg.rollout.episode)
+
+
+def sft_batch(trajs: Sequence) -> Any:
+    """Episodes as the learner sees them: token ids and action masks (no advantages, no log-probs)."""
+    from learner.batch import TrainBatch, TrainTrajectory
+
+    return TrainBatch([TrainTrajectory(t.token_ids, t.action_mask, 0.0, [0.0] * len(t.token_ids)) for t in trajs])
+
+
+def learner_root(cfg: SftRootConfig) -> SftRootConfig:
+    """The learner as SFT uses it: no KL term, so no reference copy for full fine-tuning."""
+    return cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"kl_beta": 0.0})})
+
+
+def export_model(weights: bytes, base_dir: Path, out_dir: Path, note: dict[str, Any]) -> Path:
+    """``out_dir`` = the base model's config and tokenizer files + the trained weights, atomically."""
+    from safetensors.torch import load, save_file
+
+    tmp, old = out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in base_dir.iterdir():
+        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copy2(f, tmp / f.name)
+    # transformers wants the "format" metadata that safetensors.torch.save leaves out
+    save_file(load(weights), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    write_json_atomic(tmp / "sft_provenance.json", note)
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+class SftRun:
+    def __init__(self, cfg: SftRootConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.train_set, self.pairs, self.dev_set = load_sft_data(cfg)
+        self.model_path = policy_path(cfg)
+        self.history: dict[str, Any] = {}
+        self.step = 0
+        self.log = MetricsLog(run_dir, tensorboard=cfg.train.tensorboard)
+
+    def start(self) -> None:
+        from rollout.sft_episodes import sft_trajectories
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.factory = episode_factory(cfg, self.model_path)
+        k = cfg.sft.lag_k
+        self.train_trajs = sft_trajectories(self.factory, to_sources(self.pairs, self.train_set), k)
+        self.dev_sources = to_sources(self.dev_set.pairs, self.dev_set)
+        self.dev_batch = sft_batch(sft_trajectories(self.factory, self.dev_sources, k))
+        self.build_s = time.perf_counter() - t0
+        self._started_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
+        self.learners = build_learners(learner_root(cfg).model_copy(
+            update={"model": cfg.model.model_copy(update={"path": self.model_path, "init_from": None})}))
+        self.pool = None
+        if cfg.sft.eval_rollouts:
+            from rollout.worker import RolloutPool
+
+            self.pool = RolloutPool(self.model_path, cfg.model.dtype, cfg.rollout, cfg.run.seed)
+            self.sync_mode = cfg.rollout.weight_sync
+            if self.sync_mode == "merged" and not cfg.learner.lora.enabled:
+                self.sync_mode = "full"
+            self.sync_names = sync_names(cfg.model_copy(update={"rollout": cfg.rollout.model_copy(
+                update={"weight_sync": self.sync_mode})}), self.learners)
+
+    def dev_loss(self) -> float:
+        import ray
+
+        shards = self.dev_batch.split(len(self.learners))
+        out = ray.get([lw.sft_eval.remote(s) for lw, s in zip(self.learners, shards)])
+        return out[0]["loss"]
+
+    def dev_rollouts(self, version: int) -> dict[str, float]:
+        """Greedy interleaved rollouts on dev with the current weights: chrF, AL, waits."""
+        import ray
+
+        from reward.latency import al
+        from reward.text_metrics import corpus_chrf, reference_length
+        from reward.types import unit_of_language
+        from rollout.runner import Sampling
+
+        t0 = time.perf_counter()
+        if version > 0:
+            payload = ray.get(self.learners[0].export_weights.remote(self.sync_mode, self.sync_names))
+            self.pool.update_weights(version, self.sync_mode, payload)
+        trajs, _ = self.pool.rollout(self.dev_sources, 1, Sampling(temperature=0.0))
+        unit = unit_of_language(self.dev_set.tgt_lang)
+        als = [al(t["delays"], t["source_length"], reference_length(s.reference, unit))
+               for s, t in zip(self.dev_sources, trajs) if t["delays"]]
+        waits = sum(p == "" for t in trajs for p in t["pieces"][:-1])
+        steps = sum(len(t["pieces"]) - 1 for t in trajs)
+        return {"chrf": corpus_chrf([t["hypothesis"] for t in trajs], [s.reference for s in self.dev_sources]),
+                "AL": statistics.fmean(als) if als else float("nan"),
+                "empty": sum(not t["delays"] for t in trajs), "wait_share": waits / steps if steps else 0.0,
+                "seconds": time.perf_counter() - t0}
+
+    def evaluate(self, tag: str, version: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        res: dict[str, float] = {"loss": self.dev_loss(), "loss_seconds": time.perf_counter() - t0}
+        if self.pool is not None:
+            res.update(self.dev_rollouts(version))
+        self.history[tag] = res
+        self.log.log(self.step, {f"dev/{k}": v for k, v in res.items()})
+        return res
+
+    def epoch(self, epoch: int, bar) -> dict[str, float]:
+        import ray
+
+        order = list(range(len(self.train_trajs)))
+        random.Random(self.cfg.run.seed + epoch).shuffle(order)
+        size, n = self.cfg.sft.batch_size, len(self.learners)
+        losses, tokens, seconds = [], 0.0, 0.0
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
+            if len(idx) < n:      # too few sentences left to give every rank one
+                break
+            batch = sft_batch([self.train_trajs[i] for i in idx])
+            shards = batch.split(n)
+            m = ray.get([lw.sft_step.remote(s, batch.counts()["tokens"]) for lw, s in zip(self.learners, shards)])[0]
+            self.step += 1
+            losses.append(m["loss"])
+            tokens += m["forward_tokens"]
+            seconds += m["seconds"]
+            self.log.log(self.step, {f"sft/{k}": v for k, v in m.items()} | {"epoch": epoch})
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+        return {"train_loss_mean": statistics.fmean(losses), "forward_tokens": tokens, "seconds": seconds,
+                "steps": len(losses)}
+
+    def save(self, epoch: int) -> Path | None:
+        import ray
+
+        def parts(tmp: Path) -> None:
+            lora = self.cfg.learner.lora.enabled
+            if lora:
+                out = tmp / "adapter"
+                out.mkdir()
+                for name, data in ray.get(self.learners[0].export_weights.remote("adapter", None)).items():
+                    (out / name).write_bytes(data)
+
+        write_checkpoint(self.run_dir, epoch, {"epoch": epoch, "step": self.step, "history": self.history}, parts)
+        if not self.cfg.sft.export_model:
+            return None
+        weights = ray.get(self.learners[0].export_weights.remote("full", None))
+        return export_model(weights, Path(self.model_path), self.run_dir / SFT_MODEL_DIR,
+                            {"base_model": self.model_path, "sft_run": str(self.run_dir), "epoch": epoch,
+                             "lora_merged": self.cfg.learner.lora.enabled})
+
+    def run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.evaluate("before", 0)
+        per_epoch = sum(1 for s in range(0, len(self.train_trajs), cfg.sft.batch_size)
+                        if len(self.train_trajs) - s >= len(self.learners))
+        bar = tqdm(total=per_epoch * cfg.sft.epochs, desc="sft", unit="step")
+        for epoch in range(1, cfg.sft.epochs + 1):
+            stats = self.epoch(epoch, bar)
+            self.history[f"train-epoch-{epoch}"] = stats
+            res = self.evaluate(f"epoch-{epoch}", epoch)
+            bar.write(f"epoch {epoch}: train loss {stats['train_loss_mean']:.4f}  dev loss {res['loss']:.4f}"
+                      + (f"  chrF {res['chrf']:.2f}  AL {res['AL']:.2f}" if "chrf" in res else ""))
+            self.save(epoch)
+        bar.close()
+        return self.history
+
+    def close(self) -> None:
+        import ray
+
+        self.log.close()
+        closers = [lambda: ray.get([lw.shutdown.remote() for lw in getattr(self, "learners", [])], timeout=120)]
+        if getattr(self, "pool", None) is not None:
+            closers.insert(0, self.pool.shutdown)
+        for closer in closers:
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 - keep closing the rest
+                print(f"warning: shutdown: {exc}")
+        if getattr(self, "_started_ray", False):
+            ray.shutdown()
+
+
+def main(args: argparse.Namespace) -> int:
+    from orchestration.train import check_model
+
+    cfg = load_config(args.config, args.overrides, schema=SftRootConfig)
+    check_model(cfg)
+    run_dir = resolve_run_dir(cfg)
+    run = SftRun(cfg, run_dir)          # validates data and model paths before any actor
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": str(run_dir)})})
+    write_resolved_config(cfg, run_dir)
+    print(f"run directory: {run_dir}")
+    t0 = time.perf_counter()
+    try:
+        run.start()
+        print(f"{len(run.train_trajs)} training episodes, {len(run.dev_batch)} dev episodes "
+              f"(built in {run.build_s:.1f} s)")
+        history = run.run()
+    finally:
+        run.close()
+    before, after = history["before"], history[f"epoch-{cfg.sft.epochs}"]
+    write_json_atomic(run_dir / "summary.json", {"history": history, "steps": run.step,
+                                                 "seconds": time.perf_counter() - t0})
+    for key in ("loss", "chrf", "AL", "wait_share"):
+        if key in before:
+            print(f"dev {key:10} {before[key]:10.4f} -> {after[key]:10.4f}")
+    if cfg.sft.export_model:
+        print(f"policy: {run_dir / SFT_MODEL_DIR}  (start training with model.init_from={run_dir})")
+    return 0

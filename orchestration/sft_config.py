@@ -1,0 +1,33 @@
+"""Typed configuration of ``launch.py sft`` (the SFT warm start, DESIGN §2.5).
+
+The root of an SFT config is the training root (model, data, rollout episode layout,
+learner, Ray) plus an ``sft`` section; ``rollout.episode`` fixes the layout and chunk size,
+so SFT episodes are those the rollout will build.
+"""
+from __future__ import annotations
+
+from pydantic import Field
+
+from orchestration.config import RootConfig, _Section
+
+
+class SftConfig(_Section):
+    """Segmentation rule, passes and evaluation of the SFT stage."""
+
+    lag_k: int = Field(3, ge=0, le=1000,
+                       description="segmentation lag k in source units: after t·m units write ⌊|ref|·(t·m−k)/|src|⌋")
+    epochs: int = Field(1, ge=1, le=1000, description="passes over the training pairs (one sequence per pair)")
+    batch_size: int = Field(16, ge=1, le=100_000, description="sentences per optimizer step (global, all ranks)")
+    min_source_units: int = Field(1, ge=1, le=100_000, description="skip training pairs with a shorter source")
+    max_source_units: int = Field(60, ge=1, le=100_000, description="skip training pairs with a longer source")
+    dev_size: int = Field(16, ge=1, le=100_000, description="first pairs of data.dev for dev loss and evaluation")
+    eval_rollouts: bool = Field(
+        True, description="greedy interleaved rollouts on dev (chrF, AL) before training and after each epoch")
+    export_model: bool = Field(
+        True, description="write RUN_DIR/model, a plain HF directory (LoRA merged) that `train` starts from")
+
+
+class SftRootConfig(RootConfig):
+    """Everything ``launch.py sft`` and ``launch.py bench sft`` need."""
+
+    sft: SftConfig = Field(default_factory=SftConfig, description="SFT warm start")

@@ -1,0 +1,73 @@
+"""launch.py sft: config errors, the starting-policy path for `train`, the exported model, and
+(slow) a whole SFT run of the tiny model through the DeepSpeed learner."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import launch
+from orchestration.config_loader import load_config
+from orchestration.errors import UserInputError
+from orchestration.sft_config import SftConfig, SftRootConfig
+from orchestration.train_parts import policy_path
+from tests.tiny_data import build_tiny_data
+
+
+def test_sft_fields_are_documented_and_bounded():
+    for name, field in SftConfig.model_fields.items():
+        assert field.description, name
+
+
+def test_unknown_sft_key_names_the_dotted_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft:\n  lag: 3\n")
+    assert launch.main(["sft", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "sft.lag: unknown key (did you mean sft.lag_k?)" in err and str(bad) in err
+    assert launch.main(["sft", "sft.epochs=0"]) == 2
+    assert "sft.epochs" in capsys.readouterr().err
+
+
+def test_shipped_sft_configs_load():
+    root = Path(__file__).resolve().parents[2]
+    for f in ("configs/sft/demo-deen.yaml", "configs/bench/sft-cpu.yaml"):
+        cfg = load_config(root / f, schema=SftRootConfig)
+        assert cfg.sft.lag_k == 3 and cfg.learner.kl_beta == 0.0
+
+
+def test_init_from_names_the_sft_model_directory(tmp_path):
+    cfg = load_config(None, [f"model.init_from={tmp_path}"])
+    with pytest.raises(UserInputError, match="model.init_from"):
+        policy_path(cfg)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert policy_path(cfg) == str((tmp_path / "model").resolve())
+
+
+@pytest.mark.slow
+def test_sft_run_lowers_dev_loss_and_writes_a_model_train_accepts(tiny_model_dir, tmp_path, capsys):
+    data = build_tiny_data(tmp_path / "data")
+    run = tmp_path / "run"
+    rc = launch.main(["sft", f"model.path={tiny_model_dir}", "model.dtype=float32", f"data.dir={data}",
+                      f"run.dir={run}", "learner.dtype=float32", "learner.lr=0.05", "learner.torch_threads=1",
+                      "learner.num_cpus_per_rank=0", "ray.num_cpus=2", "train.tensorboard=false",
+                      "sft.epochs=3", "sft.batch_size=4", "sft.dev_size=4", "sft.min_source_units=4",
+                      "sft.eval_rollouts=false", "rollout.episode.chunk_size=3"])
+    assert rc == 0
+    summary = json.loads((run / "summary.json").read_text())["history"]
+    assert summary["epoch-3"]["loss"] < summary["before"]["loss"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-3"
+    assert (run / "checkpoints" / "step-3" / "adapter" / "adapter_config.json").is_file()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = run / "model"
+    AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    moved = [n for n, p in model.state_dict().items() if not p.equal(base.state_dict()[n])]
+    assert moved and all("q_proj" in n or "v_proj" in n for n in moved)   # the merged LoRA targets only
+    cfg = load_config(None, [f"model.init_from={run}"])
+    assert policy_path(cfg) == str(model_dir.resolve())
+    assert "model.init_from=" in capsys.readouterr().out
