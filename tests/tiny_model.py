@@ -87,3 +87,30 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     (out / "SIMULRL_TINY_MODEL.json").write_text(json.dumps({"seed": seed}) + "\n")
     return out
+
+
+def bias_towards_end_of_turn(model_dir: str | Path, logit: float) -> Path:
+    """Make the tiny model open most assistant turns with ``<|im_end|>`` (an empty turn: a wait).
+
+    Residual dimension 0 is made a constant: every embedding has ``1.0`` there and no attention
+    or MLP output writes to it, so after the final RMSNorm it is positive at every position.
+    The ``<|im_end|>`` row of the untied lm_head then reads ``logit`` from it, which adds a
+    roughly position-independent bonus to that token. A policy starting here has to learn to
+    emit earlier: a known optimum for training tests.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    out = Path(model_dir)
+    eos_id = AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("<|im_end|>")
+    weights = load_file(out / "model.safetensors")
+    weights["model.embed_tokens.weight"][:, 0] = 1.0
+    for name, w in weights.items():
+        if name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
+            w[0, :] = 0.0
+    head = weights["lm_head.weight"]
+    head[eos_id, :] = 0.0
+    head[eos_id, 0] = logit
+    save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors",
+              metadata={"format": "pt"})
+    return out
