@@ -5,6 +5,28 @@ safetensors-serialised ``bytes`` object and are rebuilt inside the worker.
 """
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+
+# A partial reload (the merged LoRA delta: a few tensors per layer) is expected to leave most
+# layers untouched; vLLM warns about every such layer at each sync. Those two loggers are quiet
+# for the duration of our reloads only.
+_PARTIAL_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                           "vllm.model_executor.model_loader.reload.inplace")
+
+
+@contextmanager
+def _quiet_partial_reload():
+    loggers = [logging.getLogger(name) for name in _PARTIAL_RELOAD_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
 
 class WeightLoaderExtension:
     """Mixed into vLLM's worker class; ``self`` is the worker."""
@@ -14,7 +36,8 @@ class WeightLoaderExtension:
 
         tensors = load(payload)
         runner = self.model_runner
-        runner.reload_weights(weights_iterator=iter(tensors.items()))
+        with _quiet_partial_reload():
+            runner.reload_weights(weights_iterator=iter(tensors.items()))
         model = runner.get_model()
         lm_head = getattr(model, "lm_head", None)
         tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
