@@ -130,8 +130,9 @@ def format_validation_error(err: ValidationError, source: str,
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
-                schema: type[RootConfig] = RootConfig) -> RootConfig:
-    """YAML file (optional) + overrides -> validated ``schema`` (:class:`RootConfig` or an extension)."""
+                schema: type[BaseModel] = RootConfig, format_error=None):
+    """YAML file (optional) + overrides -> validated ``schema`` (:class:`RootConfig` by default;
+    another root such as the eval command's may bring its own ``format_error(err, source)``)."""
     data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for text in overrides:
         apply_override(data, *parse_override(text))
@@ -141,7 +142,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
         source = str(path) if path is not None else "defaults"
         if overrides:
             source += " + command-line overrides"
-        raise ConfigError(format_validation_error(err, source, schema)) from None
+        message = format_error(err, source) if format_error else format_validation_error(err, source, schema)
+        raise ConfigError(message) from None
     return resolve_dtypes(cfg)
 
 

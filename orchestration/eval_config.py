@@ -16,8 +16,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestration.config import DataConfig, ModelConfig, RayConfig, RunConfig
-from orchestration.config_loader import (
-    ConfigError, _allowed_keys, _read_yaml, apply_override, parse_override, resolve_dtypes)
+from orchestration.config_loader import _allowed_keys, load_config
 from rollout.config import RolloutConfig
 from rollout.prefix_layout import DEFAULT_PREFIX_SYSTEM_PROMPT
 
@@ -229,14 +228,4 @@ def _format(err: ValidationError, source: str) -> str:
 
 def load_eval_config(path: str | None, overrides: list[str] = ()) -> EvalRootConfig:
     """YAML file (optional, ``base:`` allowed) + ``key=value`` overrides -> validated config."""
-    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
-    for text in overrides:
-        apply_override(data, *parse_override(text))
-    try:
-        cfg = EvalRootConfig.model_validate(data)
-    except ValidationError as err:
-        source = str(path) if path is not None else "defaults"
-        if overrides:
-            source += " + command-line overrides"
-        raise ConfigError(_format(err, source)) from None
-    return resolve_dtypes(cfg)
+    return load_config(path, overrides, schema=EvalRootConfig, format_error=_format)

@@ -5,6 +5,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestration.runtime import save_figure_atomic
+
 COLUMNS = ("BLEU", "chrF", "COMET", "AL", "LAAL", "AP", "DAL", "AL_CA")
 
 
@@ -56,9 +58,4 @@ def plot_quality_latency(rows: Sequence[dict[str, Any]], out: Path, quality: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure_atomic(fig, out)

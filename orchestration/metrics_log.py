@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from orchestration.runtime import save_figure_atomic
+
 CURVES = (("reward/quality_mean", "quality"), ("reward/latency_mean", "latency (AL)"),
           ("learner/kl", "KL"), ("learner/clip_fraction", "clip fraction"),
           ("time/step_s", "seconds per step"), ("dev/reward", "dev reward"))
@@ -74,9 +76,4 @@ def plot_curves(rows: list[dict[str, Any]], out: Path) -> Path | None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure_atomic(fig, out)

@@ -19,6 +19,32 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     return path
 
 
+def save_figure_atomic(fig, out: Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure under a temp name, close it, and rename: no half-written PNG."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def close_all(closers, started_ray: bool) -> None:
+    """Run every shutdown step even if one fails (each failure is printed), then stop the Ray
+    instance this process started, if it did."""
+    for closer in closers:
+        try:
+            closer()
+        except Exception as exc:  # noqa: BLE001 - keep closing the rest
+            print(f"warning: shutdown: {exc}")
+    if started_ray:
+        import ray
+
+        ray.shutdown()
+
+
 def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file (no final empty line); bad UTF-8 is a UserInputError."""
     try:

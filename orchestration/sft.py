@@ -22,7 +22,7 @@ from orchestration.config_loader import load_config, resolve_run_dir, write_reso
 from orchestration.data import Dataset, Pair, load_pairs, source_units
 from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog
-from orchestration.runtime import start_ray, write_json_atomic
+from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.sft_config import SftRootConfig
 from orchestration.train_parts import SFT_MODEL_DIR, build_learners, policy_path, sync_names, to_sources
 
@@ -225,13 +225,7 @@ class SftRun:
         closers = [lambda: ray.get([lw.shutdown.remote() for lw in getattr(self, "learners", [])], timeout=120)]
         if getattr(self, "pool", None) is not None:
             closers.insert(0, self.pool.shutdown)
-        for closer in closers:
-            try:
-                closer()
-            except Exception as exc:  # noqa: BLE001 - keep closing the rest
-                print(f"warning: shutdown: {exc}")
-        if getattr(self, "_started_ray", False):
-            ray.shutdown()
+        close_all(closers, getattr(self, "_started_ray", False))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from orchestration.cursor import DataCursor
 from orchestration.data import Dataset, load_pairs, source_units
 from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog, plot_curves
-from orchestration.runtime import start_ray, write_json_atomic
+from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.train_parts import (DevResult, build_learners, evaluate_dev, group_metrics,
                                        learner_batch, policy_path, reward_groups, sync_names, to_sources)
 
@@ -206,14 +206,9 @@ class Trainer:
         import ray
 
         self.log.close()
-        for closer in (lambda: self.rollout.shutdown(), lambda: self.reward.close(),
-                       lambda: ray.get([lw.shutdown.remote() for lw in self.learners], timeout=120)):
-            try:
-                closer()
-            except Exception as exc:  # noqa: BLE001 - keep closing the rest
-                print(f"warning: shutdown: {exc}")
-        if getattr(self, "_started_ray", False):
-            ray.shutdown()
+        close_all([lambda: self.rollout.shutdown(), lambda: self.reward.close(),
+                   lambda: ray.get([lw.shutdown.remote() for lw in self.learners], timeout=120)],
+                  getattr(self, "_started_ray", False))
 
 
 def summary_table(history: dict[str, Any]) -> str:
