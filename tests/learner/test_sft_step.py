@@ -2,15 +2,13 @@
 (toy policy, as in test_step), and on the real DeepSpeed learner actor (tiny model)."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from learner.batch import TrainBatch, TrainTrajectory
 from learner.policy import collate
 from learner.sft_step import sft_eval, sft_step, sft_token_loss
-from tests.learner.test_step import ToyTrainer, World, make_batch, toy_logprobs
+from tests.learner.test_step import ToyTrainer, World, make_batch, run_on_ranks, toy_logprobs
 
 
 def by_hand(batch: TrainBatch, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -53,17 +51,7 @@ def test_two_ranks_equal_one_rank():
     world = World(2)
     ranks = [ToyTrainer(world, r, lr=0.5) for r in range(2)]
     shards = batch.split(2)
-    results: list[list] = [[], []]
-
-    def run(r):
-        for _ in range(2):
-            results[r].append(sft_step(ranks[r], shards[r], 3, batch.counts()["tokens"]))
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_on_ranks(2, lambda r: sft_step(ranks[r], shards[r], 3, batch.counts()["tokens"]))
     for r in range(2):
         for k in range(2):
             assert torch.allclose(ranks[r].grads[k], single.grads[k], atol=1e-7)

@@ -78,6 +78,23 @@ def toy_logprobs(table: torch.Tensor, inputs) -> torch.Tensor:
     return torch.where(keep, F.logsigmoid(table[inputs["input_ids"]]), torch.zeros(()))
 
 
+def run_on_ranks(world_size: int, step, times: int = 2) -> list[list]:
+    """``step(rank)`` ``times`` times on every rank, one thread per rank (their collectives meet in
+    the toy World); the results per rank, in order."""
+    results: list[list] = [[] for _ in range(world_size)]
+
+    def run(r):
+        for _ in range(times):
+            results[r].append(step(r))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def make_batch(n: int = 7, seed: int = 0) -> TrainBatch:
     rng = random.Random(seed)
     trajs = []
@@ -155,17 +172,7 @@ def test_two_ranks_with_accumulation_equal_one_rank(agg):
     world = World(2)
     ranks = [ToyTrainer(world, r, lr=0.5) for r in range(2)]
     shards = batch.split(2)       # 4 and 3 trajectories: rank 1 runs a zero-weight filler micro-batch
-    results: list[list] = [[], []]
-
-    def run(r):
-        for _ in range(2):
-            results[r].append(grpo_step(ranks[r], shards[r], s, batch.counts()))
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_on_ranks(2, lambda r: grpo_step(ranks[r], shards[r], s, batch.counts()))
     for r in range(2):
         for k in range(2):
             assert torch.allclose(ranks[r].grads[k], single.grads[k], atol=1e-7)
