@@ -1,6 +1,7 @@
 """launch.py eval: config errors, sweep expansion, the whole command on the tiny model
-(transformers backend; one vLLM run is marked slow), latency equal to the simuleval package's,
-and resuming without redoing finished settings."""
+(transformers backend; one vLLM run is marked slow), scores equal to the simuleval package's
+and to OmniSTEval's (the IWSLT 2026 scorer) read from the same instances file, and resuming
+without redoing finished settings."""
 from __future__ import annotations
 
 import json
@@ -105,7 +106,25 @@ def _simuleval_latency(path: Path) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {name: scorer(instances) for name, scorer in
-                (("AL", ls.ALScorer()), ("LAAL", ls.LAALScorer()), ("AP", ls.APScorer()), ("DAL", ls.DALScorer()))}
+                (("AL", ls.ALScorer()), ("LAAL", ls.LAALScorer()), ("AP", ls.APScorer()), ("DAL", ls.DALScorer()),
+                 # computation-aware on the log's elapsed field (SimulEval refuses it only for
+                 # live text input, not for a log)
+                 ("AL_CA", ls.ALScorer(computation_aware=True)),
+                 ("LAAL_CA", ls.LAALScorer(computation_aware=True)))}
+
+
+def _omnisteval_scores(path: Path) -> dict[str, float]:
+    """OmniSTEval 0.1.10 shortform on an instances file, through its own reader and scorers."""
+    from omnisteval.io import load_shortform_instances
+    from omnisteval.scoring import evaluate_instances
+
+    instances = load_shortform_instances(str(path), None, emission_cu_key="delays",
+                                         emission_ca_key="elapsed")
+    scores, _empty, _norm = evaluate_instances(instances, is_longform=False)
+    names = {"bleu": "BLEU", "chrf": "chrF", "al": "AL", "laal": "LAAL", "ap": "AP", "dal": "DAL",
+             "yaal": "YAAL", "ca_al": "AL_CA", "ca_laal": "LAAL_CA", "ca_yaal": "YAAL_CA",
+             "swf": "SWF", "efsw": "EFSW", "dsptv": "DSPTV", "degenerate_policy": "degenerate_policy"}
+    return {ours: scores[theirs] for theirs, ours in names.items()}
 
 
 def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, ray_local, monkeypatch):
@@ -126,12 +145,22 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
         assert set(rows[0]) == {"index", "source", "prediction", "reference", "delays", "elapsed",
                                 "source_length", "prediction_length"}
         scores = json.loads((run / "settings" / name / "scores.json").read_text())
-        for key in ("BLEU", "chrF", "AL", "LAAL", "AP", "DAL", "AL_CA"):
+        for key in ("BLEU", "chrF", "AL", "LAAL", "AP", "DAL", "YAAL", "AL_CA", "YAAL_CA", "degeneracy"):
             assert key in scores, (name, key)
+        assert scores["forced_reads"]["beyond_bound"] == 0
+        # elapsed is in source units: never below the delay, above it by the compute time
+        assert all(e >= d for r in rows for d, e in zip(r["delays"], r["elapsed"]))
         if scores["scored"] == 3:  # simuleval cannot average over an empty prediction's missing delays
             oracle = _simuleval_latency(path)
             for key, value in oracle.items():
                 assert scores[key] == pytest.approx(value, abs=1e-9), (name, key)
+            omni = _omnisteval_scores(path)
+            flat = dict(scores, **scores["degeneracy"])
+            for key, value in omni.items():
+                if flat[key] is None:
+                    assert value != value, (name, key)        # OmniSTEval's NaN
+                else:
+                    assert flat[key] == pytest.approx(value, abs=1e-9), (name, key)
         if name.startswith("waitk"):
             k = int(name[-1])
             for r in rows:
