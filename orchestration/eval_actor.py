@@ -71,9 +71,11 @@ class EvalWorker:
         self.cfg = EvalRootConfig.model_validate(cfg)
         self.backend_name = backend
         if backend == "vllm":
+            from orchestration.eval_config import engine_max_logprobs, expand_settings
             from rollout.engine import VLLMEngine
 
-            self.backend: Any = VLLMEngine(model, dtype, self.cfg.rollout.engine, seed=seed)
+            self.backend: Any = VLLMEngine(model, dtype, self.cfg.rollout.engine, seed=seed,
+                                           max_logprobs=engine_max_logprobs(expand_settings(self.cfg.eval)))
             tokenizer = self.backend.tokenizer
         else:
             from rollout.hf_backend import HFBackend
@@ -96,7 +98,10 @@ class EvalWorker:
                         ) -> Iterator[tuple[int, list[SimulOutput] | None, dict]]:
         ev = self.cfg.eval
         policy = build_policy(params)
-        top_k = params.get("top_k") if params.get("distribution") == "topk" else None
+        if params.get("distribution") == "topk":
+            top_k = params["top_k"]
+        else:   # exact: dense tensors from transformers, full-vocabulary lists from vLLM
+            top_k = -1 if self.backend_name == "vllm" else None
         for start in range(0, len(sources), ev.batch_size):
             dec = PrefixDecoder(self.backend, self.prompter, policy, sources[start:start + ev.batch_size],
                                 top_k=top_k, max_tokens_per_unit=ev.max_tokens_per_unit,
@@ -176,7 +181,8 @@ class EvalWorker:
             scores["COMET"] = self._comet_score(srcs, outputs, unit)
         params = setting["params"]
         if params["type"] == "lsg":
-            scores["distribution"] = ("exact (full vocabulary)" if params["distribution"] == "exact"
+            scores["distribution"] = (f"exact (full vocabulary, {self.backend_name})"
+                                      if params["distribution"] == "exact"
                                       else f"top-{params['top_k']} approximation")
         result = {"setting": setting["name"], "line": setting["line"], "policy": params["type"],
                   "params": params, **scores, "latency_note":

@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
 from rollout.episode import ChatLayout, hf_codec, system_prompt_for
 from rollout.runner import Sampling, Source
 from rollout.simul_policies import (
@@ -62,6 +64,17 @@ class SimulOutput:
     decisions: list[dict[str, Any]]   # read, written, target (ids committed), action, by[, kl, p_max]
     generated_tokens: int = 0
     forced_reads: list[dict[str, Any]] = field(default_factory=list)  # read, written, beyond_bound
+
+
+def full_vocabulary_array(dist: dict[int, float]) -> np.ndarray:
+    """A log-prob list over the whole vocabulary (token id -> log-prob) as a dense array."""
+    out = np.full(max(dist) + 1, -np.inf, dtype=np.float64)
+    ids = np.fromiter(dist.keys(), dtype=np.int64, count=len(dist))
+    out[ids] = np.fromiter(dist.values(), dtype=np.float64, count=len(dist))
+    if len(dist) != len(out):
+        raise ValueError(f"{len(dist)} log-probs for a vocabulary of at least {len(out)}: "
+                         "not a full-vocabulary distribution (is max_logprobs=-1?)")
+    return out
 
 
 class PrefixPrompter:
@@ -133,8 +146,10 @@ class PrefixDecoder:
     """Runs one prefix-layout policy over many sentences; call :meth:`step` until False.
 
     ``backend`` is a :class:`~rollout.runner.GenerationBackend`; LSG also needs
-    ``next_token_logprobs``: ``top_k=None`` asks for exact full-vocabulary distributions
-    (``HFBackend``), an integer for the top-K approximation (``VLLMEngine``).
+    ``next_token_logprobs``: ``top_k=None`` asks for exact full-vocabulary distributions as
+    tensors (``HFBackend``), ``top_k=-1`` for the exact distributions as full-vocabulary
+    log-prob lists (``VLLMEngine`` started with ``max_logprobs=-1``), a positive integer for
+    the top-K approximation (``VLLMEngine``).
     """
 
     def __init__(self, backend: Any, prompter: PrefixPrompter, policy: PrefixPolicy,
@@ -226,6 +241,8 @@ class PrefixDecoder:
         start = time.perf_counter()
         if self.top_k is None:
             dists: list[Any] = [t.numpy() for t in self.backend.next_token_logprobs(prompts)]
+        elif self.top_k == -1:
+            dists = [full_vocabulary_array(d) for d in self.backend.next_token_logprobs(prompts, -1)]
         else:
             dists = self.backend.next_token_logprobs(prompts, self.top_k)
         self._account(states, time.perf_counter() - start, prompts, 0, distribution=True)

@@ -37,14 +37,14 @@ eval:
   settings:
     - {type: waitk, k: [1, 3, 5, 7]}
     - {type: lsg, levels: [[1, 4], [3, 4], [5, 6], [7, 6]]}
-    - {type: lsg, distribution: exact, kl: reverse, levels: [[1, 4]]}
+    - {type: lsg, distribution: topk, kl: reverse, levels: [[1, 4]]}
     - {type: learned, checkpoint: [runs/a/checkpoints/step-4, runs/a/checkpoints/step-8], chunk_size: 3}
     - {type: offline}
 """))
     got = [(s.name, s.backend) for s in expand_settings(cfg.eval)]
     assert got == [("waitk-k1", "vllm"), ("waitk-k3", "vllm"), ("waitk-k5", "vllm"), ("waitk-k7", "vllm"),
-                   ("lsg-L1-U4", "vllm"), ("lsg-L3-U4", "vllm"), ("lsg-L5-U6", "vllm"), ("lsg-L7-U6", "vllm"),
-                   ("lsg-L1-U4-reverse-exact", "hf"), ("learned-a-step-4-m3", "vllm"),
+                   ("lsg-L1-U4-exact", "vllm"), ("lsg-L3-U4-exact", "vllm"), ("lsg-L5-U6-exact", "vllm"),
+                   ("lsg-L7-U6-exact", "vllm"), ("lsg-L1-U4-reverse-top20", "vllm"), ("learned-a-step-4-m3", "vllm"),
                    ("learned-a-step-8-m3", "vllm"), ("offline", "vllm")]
 
 
@@ -184,14 +184,18 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
 
 @pytest.mark.slow
 def test_eval_on_vllm(tmp_path, tiny_model_dir, data_dir, ray_local):
-    """One tiny vLLM engine runs wait-k, LSG with top-K distributions and the learned layout."""
+    """One tiny vLLM engine runs wait-k, LSG with top-K and with full-vocabulary distributions,
+    and the learned layout."""
     cfg = _config(tmp_path, tiny_model_dir, data_dir, "vllm", """    - {type: waitk, k: 2}
-    - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]], top_k: 5}
+    - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]], distribution: topk, top_k: 5}
+    - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]]}
     - {type: learned, chunk_size: 2}""")
     assert launch.main(["eval", "--config", cfg]) == 0
     run = tmp_path / "run"
-    lsg = json.loads((run / "settings" / "lsg-L1-U3" / "scores.json").read_text())
+    lsg = json.loads((run / "settings" / "lsg-L1-U3-top5" / "scores.json").read_text())
     assert lsg["distribution"] == "top-5 approximation" and lsg["backend"] == "vllm"
+    exact = json.loads((run / "settings" / "lsg-L1-U3-exact" / "scores.json").read_text())
+    assert exact["distribution"] == "exact (full vocabulary, vllm)" and exact["stats"]["distribution_calls"] > 0
     for r in map(json.loads, (run / "settings" / "waitk-k2" / "instances.jsonl").read_text().splitlines()):
         assert r["delays"] == [min(2 + i, r["source_length"]) for i in range(len(r["delays"]))]
     assert (run / "curves.png").is_file()
