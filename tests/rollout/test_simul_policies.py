@@ -319,3 +319,18 @@ def test_lsg_matches_a_brute_force_reference_at_every_decision(backend, prompter
             assert d["action"] == want, (src.index, d, kl, p_max)
             checked += 1
     assert checked > 20 and by_model["read"] > 0 and by_model["write"] > 0, by_model
+
+
+def test_an_overlong_word_is_cut_within_the_schedule(tiny_tokenizer):
+    eos = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    word = "Verkehrsregelnankündigungsminutenverspätung"
+    script = tiny_tokenizer(word + " ok", add_special_tokens=False)["input_ids"]
+    assert len(tiny_tokenizer(word, add_special_tokens=False)["input_ids"]) > MAX_EMPTY_WRITES
+    src = Source(0, "Die Katze sitzt auf der Matte", "de", "en")
+    outs, stats = run_prefix_policy(ScriptedBackend(script, eos), PrefixPrompter(tiny_tokenizer),
+                                    WaitKPolicy(2), [src], max_tokens_per_unit=1)
+    out = outs[0]
+    assert stats["cut_words"] >= 1 and stats["forced_reads"] == 0
+    assert out.prediction.replace(" ", "") == word + "ok" and " " in out.prediction
+    assert out.delays == waitk_delays(2, 6, len(out.delays))
+    assert out.target_ids == script                  # the model's tokens are kept as they are
