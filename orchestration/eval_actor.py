@@ -6,10 +6,13 @@ it yields progress (sentences finished) while it decodes, then writes into the s
 directory
 
 - ``instances.jsonl``: SimulEval's instance log (``index, source, prediction, reference, delays,
-  elapsed, source_length, prediction_length``), ``elapsed`` in ms as SimulEval's computation-aware
-  metrics read it: delay × ``source_unit_ms`` + the sentence's compute time at the write;
-- ``scores.json``: BLEU, chrF, COMET (when configured), AL, LAAL, AP, DAL exactly as
-  ``launch.py score`` computes them from that file, and AL_CA (AL on ``elapsed``, in source units).
+  elapsed, source_length, prediction_length``); ``elapsed`` is in source units, as
+  ``delays`` and ``source_length`` are: the delay plus the sentence's compute time at the write
+  counted at ``source_unit_ms`` per source unit (:func:`reward.latency.elapsed_from_compute`),
+  so SimulEval's and OmniSTEval's computation-aware scorers read it as they read speech logs;
+- ``scores.json``: BLEU, chrF, COMET (when configured), AL, LAAL, AP, DAL, YAAL, AL_CA, LAAL_CA,
+  YAAL_CA and OmniSTEval's degeneracy figures, exactly as ``launch.py score`` computes them from
+  that file, plus the decoder's forced reads (the safety valve) and cut words.
 
 Both are written atomically, ``scores.json`` last: its presence marks the setting finished.
 """
@@ -24,24 +27,17 @@ from typing import Any, Iterator, Sequence
 
 from orchestration.runtime import write_json_atomic
 from orchestration.score_cmd import read_instances, summarize
-from reward.latency import al
-from reward.text_metrics import reference_length
+from reward.latency import elapsed_from_compute
 from rollout.prefix_layout import PrefixDecoder, PrefixPrompter, SimulOutput
 from rollout.runner import Source
 from rollout.simul_policies import build_policy, normalize_spaces, units_of_text
 from rollout.units import join_pieces, step_delay, unit_of
 
 
-def computation_aware_al(delays: Sequence[float], compute_s: Sequence[float], source_length: int,
-                         ref_len: int | None, unit_ms: float) -> float:
-    """AL on d_i + C_i / unit_ms: the compute time before each write, counted in source units."""
-    return al([d + c * 1000.0 / unit_ms for d, c in zip(delays, compute_s)], source_length, ref_len)
-
-
 def instance_record(out: SimulOutput, src: Source, unit_ms: float) -> dict[str, Any]:
     return {"index": src.index, "source": src.text, "prediction": out.prediction,
             "reference": src.reference, "delays": list(out.delays),
-            "elapsed": [d * unit_ms + c * 1000.0 for d, c in zip(out.delays, out.compute_s)],
+            "elapsed": elapsed_from_compute(out.delays, out.compute_s, unit_ms),
             "source_length": out.source_length, "prediction_length": len(out.delays)}
 
 
@@ -75,9 +71,11 @@ class EvalWorker:
         self.cfg = EvalRootConfig.model_validate(cfg)
         self.backend_name = backend
         if backend == "vllm":
+            from orchestration.eval_config import engine_max_logprobs, expand_settings
             from rollout.engine import VLLMEngine
 
-            self.backend: Any = VLLMEngine(model, dtype, self.cfg.rollout.engine, seed=seed)
+            self.backend: Any = VLLMEngine(model, dtype, self.cfg.rollout.engine, seed=seed,
+                                           max_logprobs=engine_max_logprobs(expand_settings(self.cfg.eval)))
             tokenizer = self.backend.tokenizer
         else:
             from rollout.hf_backend import HFBackend
@@ -100,7 +98,10 @@ class EvalWorker:
                         ) -> Iterator[tuple[int, list[SimulOutput] | None, dict]]:
         ev = self.cfg.eval
         policy = build_policy(params)
-        top_k = params.get("top_k") if params.get("distribution") == "topk" else None
+        if params.get("distribution") == "topk":
+            top_k = params["top_k"]
+        else:   # exact: dense tensors from transformers, full-vocabulary lists from vLLM
+            top_k = -1 if self.backend_name == "vllm" else None
         for start in range(0, len(sources), ev.batch_size):
             dec = PrefixDecoder(self.backend, self.prompter, policy, sources[start:start + ev.batch_size],
                                 top_k=top_k, max_tokens_per_unit=ev.max_tokens_per_unit,
@@ -171,21 +172,23 @@ class EvalWorker:
         rows = [instance_record(o, s, ev.source_unit_ms) for o, s in zip(outputs, srcs)]
         path = write_jsonl_atomic(out_dir / "instances.jsonl", rows)
         scores = summarize(read_instances(path, unit), unit)
-        ca = [computation_aware_al(o.delays, o.compute_s, o.source_length,
-                                   reference_length(s.reference, unit) if s.reference else None,
-                                   ev.source_unit_ms)
-              for o, s in zip(outputs, srcs) if o.delays]
-        scores["AL_CA"] = math.fsum(ca) / len(ca) if ca else None
+        forced = [f for o in outputs for f in o.forced_reads]
+        scores["forced_reads"] = {"total": len(forced),
+                                  "beyond_bound": sum(f["beyond_bound"] for f in forced),
+                                  "sentences": sum(1 for o in outputs if o.forced_reads),
+                                  "cut_words": int(stats.get("cut_words", 0))}
         if self.comet_settings is not None:
             scores["COMET"] = self._comet_score(srcs, outputs, unit)
         params = setting["params"]
         if params["type"] == "lsg":
-            scores["distribution"] = ("exact (full vocabulary)" if params["distribution"] == "exact"
+            scores["distribution"] = (f"exact (full vocabulary, {self.backend_name})"
+                                      if params["distribution"] == "exact"
                                       else f"top-{params['top_k']} approximation")
         result = {"setting": setting["name"], "line": setting["line"], "policy": params["type"],
                   "params": params, **scores, "latency_note":
-                  "AL/LAAL/AP/DAL: SimulEval 1.1 on delays; AL_CA: AL on delays + compute seconds "
-                  f"x 1000 / {ev.source_unit_ms} ms per source unit", **meta, "stats": stats}
+                  "AL/LAAL/AP/DAL: SimulEval 1.1 on delays; YAAL and degeneracy: OmniSTEval 0.1.10 "
+                  "shortform; *_CA: the same on elapsed = delays + compute seconds x 1000 / "
+                  f"{ev.source_unit_ms} ms per source unit", **meta, "stats": stats}
         write_json_atomic(out_dir / "scores.json", result)
         return result
 

@@ -36,10 +36,9 @@ def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
         raise UserInputError(f"model.path={cfg.model.path}: {model} does not exist; `make setup` prepares the "
                              "CPU demo model, or pass a Hugging Face id or another directory")
     for s in settings:
-        dist = s.params.get("distribution")
-        if dist is not None and (dist == "exact") != (s.backend == "hf"):
-            raise UserInputError(f"eval.settings: {s.name}: distribution={dist} needs the "
-                                 f"{'hf' if dist == 'exact' else 'vllm'} backend (eval.backend=auto picks it)")
+        if s.params.get("distribution") == "topk" and s.backend == "hf":
+            raise UserInputError(f"eval.settings: {s.name}: distribution=topk needs the vllm backend "
+                                 "(eval.backend=auto or vllm); transformers gives exact distributions")
         ckpt = s.params.get("checkpoint")
         if ckpt is None:
             continue

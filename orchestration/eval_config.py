@@ -55,8 +55,10 @@ class LSGSetting(_Section):
     kl: Literal["forward", "reverse"] = Field(
         "forward", description="forward = KL(p_cur ‖ p_base) as in the paper, reverse as their public code")
     distribution: Literal["exact", "topk"] = Field(
-        "topk", description="exact = full-vocabulary log-probs (transformers), topk = vLLM's top_k list (approximate)")
-    top_k: int = Field(20, ge=1, le=20, description="log-probs per distribution with distribution=topk (vLLM allows 20)")
+        "exact", description="exact = full-vocabulary log-probs (vLLM with max_logprobs=-1, or transformers), "
+                             "topk = vLLM's top_k list (approximate)")
+    top_k: int = Field(20, ge=1, le=1_000_000,
+                       description="log-probs per distribution with distribution=topk (the engine's max_logprobs is raised to it)")
     label: str | None = Label
 
 
@@ -91,7 +93,7 @@ class EvalConfig(_Section):
         default_factory=lambda: [OfflineSetting(type="offline")], min_length=1, max_length=1000,
         description="policy entries (type: waitk | lsg | learned | offline); lists in k/levels/checkpoint/chunk_size sweep")
     backend: Literal["auto", "vllm", "hf"] = Field(
-        "auto", description="auto = vLLM, and transformers for LSG with distribution=exact")
+        "auto", description="auto = vLLM for every policy (exact LSG through full-vocabulary log-probs); hf = transformers")
     batch_size: int = Field(128, ge=1, le=100_000, description="sentences decoded in lock-step per batch")
     hf_batch_size: int = Field(8, ge=1, le=4096, description="prompts per transformers forward (hf backend)")
     max_tokens_per_unit: int = Field(8, ge=1, le=256, description="generation cap of one write (one word or character)")
@@ -145,10 +147,17 @@ def _slug(text: str) -> str:
 
 
 def _backend(entry: Any, choice: str) -> Literal["vllm", "hf"]:
-    if choice != "auto":
-        return choice  # type: ignore[return-value]
-    exact = isinstance(entry, LSGSetting) and entry.distribution == "exact"
-    return "hf" if exact else "vllm"
+    return "vllm" if choice == "auto" else choice  # type: ignore[return-value]
+
+
+def engine_max_logprobs(settings: "list[RunSetting]") -> int | None:
+    """vLLM's ``max_logprobs`` for these settings: -1 (the whole vocabulary) for exact LSG,
+    the largest ``top_k`` above vLLM's default 20, else ``None`` (the default)."""
+    lsg = [s.params for s in settings if s.backend == "vllm" and s.params["type"] == "lsg"]
+    if any(p["distribution"] == "exact" for p in lsg):
+        return -1
+    top = max((p["top_k"] for p in lsg), default=0)
+    return top if top > 20 else None
 
 
 def _checkpoint_tag(path: str) -> str:
@@ -171,7 +180,7 @@ def expand_settings(cfg: EvalConfig) -> list[RunSetting]:
             for L, U in entry.levels:
                 params = entry.model_dump(exclude={"levels", "label"}) | {"L": L, "U": U}
                 tag = "" if entry.kl == "forward" else "-reverse"
-                tag += "-exact" if entry.distribution == "exact" else ""
+                tag += "-exact" if entry.distribution == "exact" else f"-top{entry.top_k}"
                 out.append(RunSetting(f"lsg-L{L}-U{U}{tag}", line, backend, params))
         elif isinstance(entry, LearnedSetting):
             for ckpt in _as_list(entry.checkpoint):

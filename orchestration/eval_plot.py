@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from orchestration.runtime import save_figure_atomic
 
-COLUMNS = ("BLEU", "chrF", "COMET", "AL", "LAAL", "AP", "DAL", "AL_CA")
+COLUMNS = ("BLEU", "chrF", "COMET", "AL", "LAAL", "YAAL", "AP", "DAL", "AL_CA", "YAAL_CA", "SWF")
 
 
 def _fmt(value: Any) -> str:
@@ -18,6 +18,7 @@ def _fmt(value: Any) -> str:
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """One line per setting: quality, latency, empty predictions, seconds."""
+    rows = [dict(r, SWF=(r.get("degeneracy") or {}).get("SWF")) for r in rows]
     cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
     header = ["setting", *cols, "empty", "seconds"]
     body = [[r["setting"], *(_fmt(r.get(c)) for c in cols), str(r.get("skipped_empty", 0)),

@@ -6,10 +6,15 @@ Input: JSON lines in the format of SimulEval's ``instances.log``, one instance a
 
 ``source_length`` and ``delays`` are numbers (source units, or milliseconds for speech input),
 ``prediction`` a string with one delay per unit in ``--latency-unit``; ``reference`` (string or
-null) and ``index`` (integer) are optional. Output on stdout::
+null), ``index`` (integer) and ``elapsed`` (one number per delay, in the unit of ``delays``:
+SimulEval's computation-aware timestamps) are optional. Output on stdout::
 
-    {"AL": …, "LAAL": …, "AP": …, "DAL": …, "BLEU": …, "chrF": …,
+    {"AL": …, "LAAL": …, "AP": …, "DAL": …, "YAAL": …, "AL_CA": …, "LAAL_CA": …, "YAAL_CA": …,
+     "BLEU": …, "chrF": …, "degeneracy": {"SWF": …, "EFSW": …, "DSPTV": …, "degenerate_policy": …},
      "scored": n, "skipped_empty": n, "latency_unit": "word"}
+
+YAAL and the degeneracy figures follow OmniSTEval 0.1.10 shortform; the ``_CA`` metrics are
+``null`` unless every instance has ``elapsed`` (:mod:`reward.latency` defines them).
 
 Latency follows SimulEval 1.1.x (:mod:`reward.latency`): |Y| is the reference length when
 the instance has a reference, else the hypothesis length; empty predictions are left out of
@@ -29,7 +34,7 @@ from typing import Any
 
 from orchestration.errors import UserInputError
 from orchestration.runtime import read_lines
-from reward.latency import METRICS, LatencyScores, corpus_latency, score_instance
+from reward.latency import METRICS, LatencyScores, corpus_latency, score_instance, shortform_degeneracy
 from reward.text_metrics import (
     Unit, bleu_tokenizer, corpus_bleu, corpus_chrf, count_units, reference_length)
 
@@ -42,6 +47,10 @@ class ScoredInstance:
     prediction: str
     reference: str | None
     scores: LatencyScores | None
+    delays: tuple[float, ...] = ()
+    source_length: float = 0
+    reference_length: int | None = None
+    has_elapsed: bool = False
 
 
 def _is_number(value: Any) -> bool:
@@ -97,9 +106,16 @@ def _parse_line(text: str, where: str, position: int, unit: Unit) -> ScoredInsta
         ref_len = reference_length(reference, unit)
     if delays and source_length == 0:
         raise UserInputError(f"{where}: 'source_length' is 0 but the prediction is not empty")
+    elapsed = info.get("elapsed")
+    if elapsed is not None and (not isinstance(elapsed, list) or len(elapsed) != len(delays)
+                                or not all(_is_number(e) for e in elapsed)):
+        raise UserInputError(f"{where}: 'elapsed' must be a list of finite numbers, one per delay "
+                             f"({len(delays)})")
 
     return ScoredInstance(index=index, prediction=prediction, reference=reference,
-                          scores=score_instance(delays, source_length, ref_len))
+                          scores=score_instance(delays, source_length, ref_len, elapsed),
+                          delays=tuple(delays), source_length=source_length,
+                          reference_length=ref_len, has_elapsed=elapsed is not None)
 
 
 def read_instances(path: Path, unit: Unit) -> list[ScoredInstance]:
@@ -123,6 +139,10 @@ def summarize(instances: list[ScoredInstance], unit: Unit,
     """The JSON object that ``score`` prints."""
     means, scored, skipped = corpus_latency(ins.scores for ins in instances)
     result: dict[str, Any] = dict(means)
+    if not all(ins.has_elapsed for ins in instances):
+        result.update(AL_CA=None, LAAL_CA=None, YAAL_CA=None)
+    result["degeneracy"] = shortform_degeneracy(
+        (ins.delays, ins.source_length, ins.reference_length) for ins in instances)
     if all(ins.reference is not None for ins in instances):
         hyps = [ins.prediction for ins in instances]
         refs = [ins.reference or "" for ins in instances]

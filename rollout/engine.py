@@ -50,7 +50,8 @@ def configure_common_env() -> None:
 class VLLMEngine:
     """One vLLM engine; ``generate`` implements :class:`rollout.runner.GenerationBackend`."""
 
-    def __init__(self, model: str, dtype: str, cfg: EngineConfig, seed: int = 0):
+    def __init__(self, model: str, dtype: str, cfg: EngineConfig, seed: int = 0,
+                 max_logprobs: int | None = None):
         configure_common_env()
         self.gpu = on_gpu()
         if not self.gpu:
@@ -68,6 +69,8 @@ class VLLMEngine:
             worker_extension_cls=WORKER_EXTENSION, disable_log_stats=True)
         if cfg.block_size is not None:
             kwargs["block_size"] = cfg.block_size
+        if max_logprobs is not None:   # -1: the whole vocabulary (exact LSG distributions)
+            kwargs["max_logprobs"] = max_logprobs
         if cfg.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
         self.llm = LLM(**kwargs)
@@ -102,7 +105,9 @@ class VLLMEngine:
 
     def next_token_logprobs(self, prompts: Sequence[list[int]], top_k: int) -> list[dict[int, float]]:
         """The ``top_k`` most likely next tokens of each prompt with their log-probs (an
-        approximation of the full distribution; vLLM caps ``top_k`` at its ``max_logprobs``)."""
+        approximation of the full distribution; vLLM caps ``top_k`` at its ``max_logprobs``).
+        ``top_k=-1`` returns every token of the vocabulary: the exact distribution (the engine
+        must be started with ``max_logprobs=-1``)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

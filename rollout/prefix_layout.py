@@ -5,13 +5,27 @@ The prompt of a sentence with j source units read and translation ids y so far i
     [system] [user: x_1..x_j] [assistant header] y
 
 (the chat template's own turn markers; y are the ids the model generated, never re-tokenised).
-A write emits one target unit (a word; a character for Chinese). Every sentence of a batch
-advances in lock-step: one tick first settles every sentence's READ/WRITE decision (reads the
-rule decides are free; LSG's in-range decisions take one batched next-token-distribution call
-per round, current and wait-1 prompts together), then one batched ``generate`` writes a unit
-for every writer whose source is unfinished, and one more finishes every sentence whose source
-is complete. The end of the translation is not chosen before the source is complete
-(``min_tokens=1``), as in wait-k.
+A WRITE writes one target unit (a word; a character for Chinese); a token holding several units
+is committed whole and its units are released one per WRITE as the policy allows each
+(:mod:`rollout.simul_policies`, "Units and tokens"), so every delay obeys the policy's bounds.
+Every sentence of a batch advances in lock-step: one tick first settles every sentence's
+READ/WRITE decision (reads the rule decides are free; LSG's in-range decisions take one batched
+next-token-distribution call per round, current and wait-1 prompts together), then every writer
+with a unit already pending writes it, one batched ``generate`` produces the next unit for the
+other writers whose source is unfinished, and one more finishes every sentence whose source is
+complete. Generated tokens are kept up to the one that completes a unit (for a word: the token
+that starts the next word, kept as that word's first piece); the text grows incrementally
+(:class:`~rollout.simul_policies.IncrementalText`), never by decoding all target ids again. The
+end of the translation is not chosen before the source is complete (``min_tokens=1``).
+
+Safety valve: after ``MAX_EMPTY_WRITES`` generation calls in a row that complete no unit,
+- a word still open (one word longer than all those tokens) is cut there: it is written as one
+  unit now, within the policy's bounds, and the prediction gets a space at the cut
+  (``cut_words`` in the statistics; the target ids stay the model's);
+- with no open word (the model wrote only whitespace) a READ is forced. Such a read may step
+  past the policy's bound; every one is recorded in ``SimulOutput.forced_reads`` with
+  ``beyond_bound`` and counted in the statistics (``forced_reads``,
+  ``forced_reads_beyond_bound``), so a report can say so.
 
 Timing: each sentence keeps a compute clock, the summed duration of the batched calls it took
 part in; ``compute_s[i]`` is that clock when unit i was written.
@@ -22,10 +36,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
 from rollout.episode import ChatLayout, hf_codec, system_prompt_for
 from rollout.runner import Sampling, Source
 from rollout.simul_policies import (
-    ASK, READ, WRITE, LSGPolicy, PrefixPolicy, cut_one_unit, normalize_spaces, units_of_text)
+    READ, WRITE, IncrementalText, LSGPolicy, PrefixPolicy, normalize_spaces, within_bounds)
 from rollout.units import chunk_source, count_units, unit_of
 
 MAX_EMPTY_WRITES = 4   # writes in a row that add no unit before a forced read
@@ -47,6 +63,18 @@ class SimulOutput:
     target_ids: list[int]
     decisions: list[dict[str, Any]]   # read, written, target (ids committed), action, by[, kl, p_max]
     generated_tokens: int = 0
+    forced_reads: list[dict[str, Any]] = field(default_factory=list)  # read, written, beyond_bound
+
+
+def full_vocabulary_array(dist: dict[int, float]) -> np.ndarray:
+    """A log-prob list over the whole vocabulary (token id -> log-prob) as a dense array."""
+    out = np.full(max(dist) + 1, -np.inf, dtype=np.float64)
+    ids = np.fromiter(dist.keys(), dtype=np.int64, count=len(dist))
+    out[ids] = np.fromiter(dist.values(), dtype=np.float64, count=len(dist))
+    if len(dist) != len(out):
+        raise ValueError(f"{len(dist)} log-probs for a vocabulary of at least {len(out)}: "
+                         "not a full-vocabulary distribution (is max_logprobs=-1?)")
+    return out
 
 
 class PrefixPrompter:
@@ -80,9 +108,8 @@ class _State:
     source: Source
     source_length: int
     unit: str
+    text: IncrementalText
     read: int = 0
-    ids: list[int] = field(default_factory=list)
-    units: int = 0
     delays: list[int] = field(default_factory=list)
     compute_s: list[float] = field(default_factory=list)
     clock: float = 0.0
@@ -90,6 +117,25 @@ class _State:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     generated: int = 0
     empty_writes: int = 0
+    forced: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[int]:
+        return self.text.ids
+
+    @property
+    def units(self) -> int:
+        """Target units written (released) so far."""
+        return len(self.delays)
+
+    @property
+    def pending(self) -> int:
+        """Units the committed tokens complete that are not written yet."""
+        return self.text.units(self.finished) - len(self.delays)
+
+    def release(self, n: int) -> None:
+        self.delays += [self.read] * n
+        self.compute_s += [self.clock] * n
 
     def note(self, action: str, by: str, **info: Any) -> None:
         self.decisions.append({"read": self.read, "written": self.units, "target": len(self.ids),
@@ -100,8 +146,10 @@ class PrefixDecoder:
     """Runs one prefix-layout policy over many sentences; call :meth:`step` until False.
 
     ``backend`` is a :class:`~rollout.runner.GenerationBackend`; LSG also needs
-    ``next_token_logprobs``: ``top_k=None`` asks for exact full-vocabulary distributions
-    (``HFBackend``), an integer for the top-K approximation (``VLLMEngine``).
+    ``next_token_logprobs``: ``top_k=None`` asks for exact full-vocabulary distributions as
+    tensors (``HFBackend``), ``top_k=-1`` for the exact distributions as full-vocabulary
+    log-prob lists (``VLLMEngine`` started with ``max_logprobs=-1``), a positive integer for
+    the top-K approximation (``VLLMEngine``).
     """
 
     def __init__(self, backend: Any, prompter: PrefixPrompter, policy: PrefixPolicy,
@@ -115,9 +163,11 @@ class PrefixDecoder:
             length = count_units(src.text, unit_of(src.src_lang))
             if length == 0:
                 raise ValueError(f"source {src.index} is empty")
-            self.states.append(_State(src, length, unit_of(src.tgt_lang)))
+            unit = unit_of(src.tgt_lang)
+            self.states.append(_State(src, length, unit, IncrementalText(prompter.decode, unit)))
         self.stats = {"ticks": 0, "generate_calls": 0, "distribution_calls": 0, "prompt_tokens": 0,
-                      "cached_prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+                      "cached_prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0,
+                      "pending_writes": 0, "cut_words": 0, "forced_reads": 0, "forced_reads_beyond_bound": 0}
 
     @property
     def finished(self) -> int:
@@ -133,8 +183,13 @@ class PrefixDecoder:
         self.stats["ticks"] += 1
         writers = self._decide(active)
         partial = [st for st in writers if st.read < st.source_length]
-        if partial:
-            self._write_units(partial)
+        ready = [st for st in partial if st.pending > 0]
+        needs_model = [st for st in partial if st.pending == 0]
+        for st in ready:        # a unit of an earlier multi-unit token: no model call
+            st.release(1)
+            self.stats["pending_writes"] += 1
+        if needs_model:
+            self._write_units(needs_model)
         complete = [st for st in writers if st.read >= st.source_length and not st.finished]
         if complete:
             self._finish(complete)
@@ -143,11 +198,15 @@ class PrefixDecoder:
     def _by_rule(self, st: _State) -> str:
         """Apply the rule's reads (free); return WRITE or ASK."""
         while True:
-            act = self.policy.action(st.read, st.units, st.source_length)
+            act = self._rule(st)
             if act != READ:
                 return act
-            st.note(READ, "rule")
+            st.note(READ, "pending" if st.pending > 0 else "rule")
             st.read += 1
+
+    def _rule(self, st: _State) -> str:
+        rule = self.policy.pending_action if st.pending > 0 else self.policy.action
+        return rule(st.read, st.units, st.source_length)
 
     def _decide(self, active: list[_State]) -> list[_State]:
         writers: list[_State] = []
@@ -156,7 +215,7 @@ class PrefixDecoder:
             ask = []
             for st in undecided:
                 if self._by_rule(st) == WRITE:
-                    st.note(WRITE, "rule")
+                    st.note(WRITE, "pending" if st.pending > 0 else "rule")
                     writers.append(st)
                 else:
                     ask.append(st)
@@ -182,6 +241,8 @@ class PrefixDecoder:
         start = time.perf_counter()
         if self.top_k is None:
             dists: list[Any] = [t.numpy() for t in self.backend.next_token_logprobs(prompts)]
+        elif self.top_k == -1:
+            dists = [full_vocabulary_array(d) for d in self.backend.next_token_logprobs(prompts, -1)]
         else:
             dists = self.backend.next_token_logprobs(prompts, self.top_k)
         self._account(states, time.perf_counter() - start, prompts, 0, distribution=True)
@@ -199,34 +260,44 @@ class PrefixDecoder:
         return [list(r.token_ids) for r in results]
 
     def _write_units(self, states: list[_State]) -> None:
+        stop_ids = self.prompter.stop_ids
         for st, gen in zip(states, self._generate(states, self.max_tokens_per_unit, min_tokens=1)):
-            kept, _stop = cut_one_unit(gen, self.prompter.decode, st.ids, st.unit, self.prompter.stop_ids)
-            if self._commit(st, kept):
+            for tok in gen:
+                if tok in stop_ids:
+                    break   # the end is chosen only with the whole source read
+                st.text.append(tok)
+                if st.pending > 0:
+                    break   # the rest was generated past this unit: left to later writes
+            if st.pending > 0:
+                st.release(1)
                 st.empty_writes = 0
                 continue
-            # No new unit yet (the tokens only continued the last word, or were whitespace):
-            # the next tick writes again from here; after a few such tries it reads instead.
+            # No unit completed yet (the tokens continued a word, or were whitespace): the next
+            # tick writes again from here; after a few such tries the valve reads instead.
             st.empty_writes += 1
-            if st.empty_writes >= MAX_EMPTY_WRITES:
-                st.note(READ, "no-unit")
+            if st.empty_writes >= MAX_EMPTY_WRITES and st.text.partial:
+                st.text.cut()
+                st.note(WRITE, "cut-word")
+                st.release(1)
+                self.stats["cut_words"] += 1
+                st.empty_writes = 0
+            elif st.empty_writes >= MAX_EMPTY_WRITES:
+                beyond = not within_bounds(self.policy, st.read, st.units, st.source_length)
+                st.forced.append({"read": st.read, "written": st.units, "beyond_bound": beyond})
+                self.stats["forced_reads"] += 1
+                self.stats["forced_reads_beyond_bound"] += int(beyond)
+                st.note(READ, "no-unit", beyond_bound=beyond)
                 st.read += 1
                 st.empty_writes = 0
 
     def _finish(self, states: list[_State]) -> None:
         for st, gen in zip(states, self._generate(states, self.max_new_tokens_final, min_tokens=0)):
-            stop = next((k for k, tok in enumerate(gen) if tok in self.prompter.stop_ids), len(gen))
-            self._commit(st, gen[:stop])
+            for tok in gen:
+                if tok in self.prompter.stop_ids:
+                    break
+                st.text.append(tok)
             st.finished = True
-
-    def _commit(self, st: _State, ids: list[int]) -> int:
-        """Append ``ids``; every new unit gets the current read position and clock."""
-        st.ids += ids
-        units = units_of_text(self.prompter.decode(st.ids), st.unit)
-        new = max(units - st.units, 0)
-        st.units = max(units, st.units)
-        st.delays += [st.read] * new
-        st.compute_s += [st.clock] * new
-        return new
+            st.release(st.pending)
 
     def _account(self, states: list[_State], seconds: float, prompts: list[list[int]], cached: int,
                  generated: list[int] | None = None, distribution: bool = False) -> None:
@@ -247,11 +318,12 @@ class PrefixDecoder:
             raise RuntimeError("decoding unfinished: call step() until it returns False")
         out = []
         for st in self.states:
-            prediction = normalize_spaces(self.prompter.decode(st.ids))
-            # The decoded text is append-only, so the per-write counts add up to the final one.
+            prediction = normalize_spaces(st.text.prediction_text())
+            # The incremental text is the one-shot decoding (up to an unfinished character).
             assert count_units(prediction, st.unit) == len(st.delays), (st.source.index, prediction)
             out.append(SimulOutput(st.source.index, st.source_length, prediction, list(st.delays),
-                                   list(st.compute_s), list(st.ids), st.decisions, st.generated))
+                                   list(st.compute_s), list(st.ids), st.decisions, st.generated,
+                                   list(st.forced)))
         return out
 
 

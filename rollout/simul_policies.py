@@ -10,12 +10,26 @@ model's next-unit distributions (LSG inside its range), which the decoder comput
 - LSG (Guo et al., AAAI 2025): WRITE if KL(p_cur ‖ p_base) > δ (Eq. 3) or max p_cur > α (Eq. 4),
   with p_base the wait-1 distribution p(y_i | x_≤i, y_<i); the read position is held inside
   [min(L+i−1, S), min(L+i−1+U, S)] (Eq. 5): below it READ, at its top WRITE.
+
+Units and tokens. Every READ and every WRITE moves one latency unit: a source word (a
+character for Chinese) or a target word (character). The model emits tokens, and a token may
+hold part of a unit, one unit, or several ("星期" is two characters; "Katze" five in character
+units). The rule for a token spanning several units: the decoder commits the whole token, but
+its units are *written* one per WRITE, each when the policy allows that unit: the first now,
+the others stay pending and each is released at a later WRITE (:meth:`WaitKPolicy.pending_action`
+and the like), with READs in between where the policy asks for them. A pending unit was chosen
+by the model already, so no model call decides it: wait-k releases it on its schedule, LSG as
+soon as its read position reaches the lower bound of Eq. 5. Every unit's delay thus obeys the
+policy's own bounds (wait-k delays equal the schedule ``min(k + i − 1, S)`` exactly), and what
+the model saw when it chose a unit is never more source than its delay says. A word is complete
+once the text after it starts with whitespace or the translation ends; the token that starts
+the next word is kept (the next word's first piece), never thrown away and regenerated.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Collection, Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -48,6 +62,10 @@ class WaitKPolicy:
     def action(self, read: int, written: int, source_length: int) -> Action:
         return READ if read < waitk_read_target(self.k, written, source_length) else WRITE
 
+    def pending_action(self, read: int, written: int, source_length: int) -> Action:
+        """A unit the model has already emitted is written on the same schedule."""
+        return self.action(read, written, source_length)
+
 
 @dataclass(frozen=True)
 class OfflinePolicy:
@@ -57,6 +75,9 @@ class OfflinePolicy:
 
     def action(self, read: int, written: int, source_length: int) -> Action:
         return READ if read < source_length else WRITE
+
+    def pending_action(self, read: int, written: int, source_length: int) -> Action:
+        return self.action(read, written, source_length)
 
 
 # --- LSG ------------------------------------------------------------------------------------
@@ -144,6 +165,16 @@ class LSGPolicy:
     def action(self, read: int, written: int, source_length: int) -> Action:
         return lsg_range_action(read, written + 1, source_length, self.L, self.U)
 
+    def pending_action(self, read: int, written: int, source_length: int) -> Action:
+        """A unit already emitted (part of a multi-unit token): READ below Eq. 5's lower
+        bound, else WRITE; no distribution is asked for a unit the model has chosen."""
+        low, _high = lsg_bounds(self.L, self.U, written + 1, source_length)
+        return READ if read < low else WRITE
+
+    def read_within_bounds(self, read: int, written: int, source_length: int) -> bool:
+        """Whether one more READ keeps unit ``written + 1`` inside Eq. 5's range."""
+        return read < lsg_bounds(self.L, self.U, written + 1, source_length)[1]
+
     def base_read(self, written: int, source_length: int) -> int:
         """Source units behind p_base: the wait-1 prefix x_≤i."""
         return min(written + 1, source_length)
@@ -184,30 +215,80 @@ def units_of_text(text: str, unit: Unit) -> int:
     return count_units(normalize_spaces(text), unit)
 
 
-def cut_one_unit(generated: Sequence[int], decode: Callable[[Sequence[int]], str],
-                 committed: Sequence[int], unit: Unit,
-                 stop_ids: Collection[int]) -> tuple[list[int], bool]:
-    """The tokens of ``generated`` that complete the next target unit, and whether a stop
-    token ended the translation there.
+def within_bounds(policy: "PrefixPolicy", read: int, written: int, source_length: int) -> bool:
+    """Whether one more READ before unit ``written + 1`` stays inside the policy's own bounds
+    (wait-k and offline: only while the rule itself reads; LSG: below Eq. 5's upper bound)."""
+    if isinstance(policy, LSGPolicy):
+        return policy.read_within_bounds(read, written, source_length)
+    return policy.action(read, written, source_length) == READ
 
-    A word ends where the next token starts another word (that token is not kept: the next
-    write regenerates it, possibly after reading more); a character ends as soon as one
-    complete character appears. A token holding several units writes them all at once.
-    Without a boundary within the generated tokens, all of them are kept.
+
+class IncrementalText:
+    """The decoded text of a growing token sequence, decoding only a short window per token.
+
+    As vLLM's incremental detokenizer: the text added by new tokens is
+    ``decode(ids[prefix:]) − decode(ids[prefix:read])`` with ``prefix`` a few tokens back, so
+    a tokenizer whose decoding of a token depends on its neighbours (SentencePiece's leading
+    space, byte-level BPE splitting one character over several tokens) gives the same text as
+    decoding everything at once. A trailing incomplete UTF-8 character (``\ufffd``) is held
+    back until the token that completes it arrives.
+
+    It also counts units as the text grows: ``complete`` = units that no later token can
+    extend (characters: every non-whitespace character; words: every word followed by
+    whitespace), ``partial`` = whether a word is still open at the end.
     """
-    committed = list(committed)
-    before = units_of_text(decode(committed), unit)
-    kept: list[int] = []
-    have = before
-    for tok in generated:
-        if tok in stop_ids:
-            return kept, True
-        text = decode(committed + kept + [tok])
-        units = units_of_text(text, unit)
-        if unit == "word" and have > before and units > have:
-            return kept, False  # ``tok`` starts the following word
-        kept.append(tok)
-        have = units
-        if unit == "char" and units > before and not text.endswith("\ufffd"):
-            return kept, False
-    return kept, False
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], unit: Unit):
+        self.decode, self.unit = decode, unit
+        self.ids: list[int] = []
+        self.text = ""
+        self._prefix = 0     # ids[_prefix:_read] decode to the tail of ``text``
+        self._read = 0
+        self.complete = 0
+        self.partial = False
+        self.cuts: list[int] = []   # offsets in ``text`` where an over-long word was cut
+
+    def cut(self) -> None:
+        """End the open word here: the text that follows starts a new word (the caller writes
+        a space at this offset into the prediction)."""
+        if self.partial:
+            self.cuts.append(len(self.text))
+            self.complete += 1
+            self.partial = False
+
+    def prediction_text(self) -> str:
+        """The text with a space at every cut."""
+        parts, last = [], 0
+        for at in self.cuts:
+            parts.append(self.text[last:at])
+            last = at
+        parts.append(self.text[last:])
+        return " ".join(parts)
+
+    def append(self, tok: int) -> str:
+        """Add one token; return the text it completed ("" while a character is unfinished)."""
+        self.ids.append(int(tok))
+        before = self.decode(self.ids[self._prefix:self._read])
+        after = self.decode(self.ids[self._prefix:])
+        if after.endswith("\ufffd") or len(after) <= len(before):
+            return ""
+        delta = after[len(before):]
+        self.text += delta
+        self._prefix, self._read = self._read, len(self.ids)
+        self._count(delta)
+        return delta
+
+    def _count(self, delta: str) -> None:
+        for ch in delta:
+            if ch.isspace():
+                if self.partial:
+                    self.complete += 1
+                    self.partial = False
+            elif self.unit == "char":
+                self.complete += 1
+            else:
+                self.partial = True
+
+    def units(self, finished: bool) -> int:
+        """Units written so far; with ``finished`` the open word counts too."""
+        return self.complete + (1 if finished and self.partial else 0)

@@ -1,6 +1,7 @@
 """launch.py eval: config errors, sweep expansion, the whole command on the tiny model
-(transformers backend; one vLLM run is marked slow), latency equal to the simuleval package's,
-and resuming without redoing finished settings."""
+(transformers backend; one vLLM run is marked slow), scores equal to the simuleval package's
+and to OmniSTEval's (the IWSLT 2026 scorer) read from the same instances file, and resuming
+without redoing finished settings."""
 from __future__ import annotations
 
 import json
@@ -36,14 +37,14 @@ eval:
   settings:
     - {type: waitk, k: [1, 3, 5, 7]}
     - {type: lsg, levels: [[1, 4], [3, 4], [5, 6], [7, 6]]}
-    - {type: lsg, distribution: exact, kl: reverse, levels: [[1, 4]]}
+    - {type: lsg, distribution: topk, kl: reverse, levels: [[1, 4]]}
     - {type: learned, checkpoint: [runs/a/checkpoints/step-4, runs/a/checkpoints/step-8], chunk_size: 3}
     - {type: offline}
 """))
     got = [(s.name, s.backend) for s in expand_settings(cfg.eval)]
     assert got == [("waitk-k1", "vllm"), ("waitk-k3", "vllm"), ("waitk-k5", "vllm"), ("waitk-k7", "vllm"),
-                   ("lsg-L1-U4", "vllm"), ("lsg-L3-U4", "vllm"), ("lsg-L5-U6", "vllm"), ("lsg-L7-U6", "vllm"),
-                   ("lsg-L1-U4-reverse-exact", "hf"), ("learned-a-step-4-m3", "vllm"),
+                   ("lsg-L1-U4-exact", "vllm"), ("lsg-L3-U4-exact", "vllm"), ("lsg-L5-U6-exact", "vllm"),
+                   ("lsg-L7-U6-exact", "vllm"), ("lsg-L1-U4-reverse-top20", "vllm"), ("learned-a-step-4-m3", "vllm"),
                    ("learned-a-step-8-m3", "vllm"), ("offline", "vllm")]
 
 
@@ -105,7 +106,25 @@ def _simuleval_latency(path: Path) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return {name: scorer(instances) for name, scorer in
-                (("AL", ls.ALScorer()), ("LAAL", ls.LAALScorer()), ("AP", ls.APScorer()), ("DAL", ls.DALScorer()))}
+                (("AL", ls.ALScorer()), ("LAAL", ls.LAALScorer()), ("AP", ls.APScorer()), ("DAL", ls.DALScorer()),
+                 # computation-aware on the log's elapsed field (SimulEval refuses it only for
+                 # live text input, not for a log)
+                 ("AL_CA", ls.ALScorer(computation_aware=True)),
+                 ("LAAL_CA", ls.LAALScorer(computation_aware=True)))}
+
+
+def _omnisteval_scores(path: Path) -> dict[str, float]:
+    """OmniSTEval 0.1.10 shortform on an instances file, through its own reader and scorers."""
+    from omnisteval.io import load_shortform_instances
+    from omnisteval.scoring import evaluate_instances
+
+    instances = load_shortform_instances(str(path), None, emission_cu_key="delays",
+                                         emission_ca_key="elapsed")
+    scores, _empty, _norm = evaluate_instances(instances, is_longform=False)
+    names = {"bleu": "BLEU", "chrf": "chrF", "al": "AL", "laal": "LAAL", "ap": "AP", "dal": "DAL",
+             "yaal": "YAAL", "ca_al": "AL_CA", "ca_laal": "LAAL_CA", "ca_yaal": "YAAL_CA",
+             "swf": "SWF", "efsw": "EFSW", "dsptv": "DSPTV", "degenerate_policy": "degenerate_policy"}
+    return {ours: scores[theirs] for theirs, ours in names.items()}
 
 
 def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, ray_local, monkeypatch):
@@ -126,12 +145,22 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
         assert set(rows[0]) == {"index", "source", "prediction", "reference", "delays", "elapsed",
                                 "source_length", "prediction_length"}
         scores = json.loads((run / "settings" / name / "scores.json").read_text())
-        for key in ("BLEU", "chrF", "AL", "LAAL", "AP", "DAL", "AL_CA"):
+        for key in ("BLEU", "chrF", "AL", "LAAL", "AP", "DAL", "YAAL", "AL_CA", "YAAL_CA", "degeneracy"):
             assert key in scores, (name, key)
+        assert scores["forced_reads"]["beyond_bound"] == 0
+        # elapsed is in source units: never below the delay, above it by the compute time
+        assert all(e >= d for r in rows for d, e in zip(r["delays"], r["elapsed"]))
         if scores["scored"] == 3:  # simuleval cannot average over an empty prediction's missing delays
             oracle = _simuleval_latency(path)
             for key, value in oracle.items():
                 assert scores[key] == pytest.approx(value, abs=1e-9), (name, key)
+            omni = _omnisteval_scores(path)
+            flat = dict(scores, **scores["degeneracy"])
+            for key, value in omni.items():
+                if flat[key] is None:
+                    assert value != value, (name, key)        # OmniSTEval's NaN
+                else:
+                    assert flat[key] == pytest.approx(value, abs=1e-9), (name, key)
         if name.startswith("waitk"):
             k = int(name[-1])
             for r in rows:
@@ -155,14 +184,18 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
 
 @pytest.mark.slow
 def test_eval_on_vllm(tmp_path, tiny_model_dir, data_dir, ray_local):
-    """One tiny vLLM engine runs wait-k, LSG with top-K distributions and the learned layout."""
+    """One tiny vLLM engine runs wait-k, LSG with top-K and with full-vocabulary distributions,
+    and the learned layout."""
     cfg = _config(tmp_path, tiny_model_dir, data_dir, "vllm", """    - {type: waitk, k: 2}
-    - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]], top_k: 5}
+    - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]], distribution: topk, top_k: 5}
+    - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]]}
     - {type: learned, chunk_size: 2}""")
     assert launch.main(["eval", "--config", cfg]) == 0
     run = tmp_path / "run"
-    lsg = json.loads((run / "settings" / "lsg-L1-U3" / "scores.json").read_text())
+    lsg = json.loads((run / "settings" / "lsg-L1-U3-top5" / "scores.json").read_text())
     assert lsg["distribution"] == "top-5 approximation" and lsg["backend"] == "vllm"
+    exact = json.loads((run / "settings" / "lsg-L1-U3-exact" / "scores.json").read_text())
+    assert exact["distribution"] == "exact (full vocabulary, vllm)" and exact["stats"]["distribution_calls"] > 0
     for r in map(json.loads, (run / "settings" / "waitk-k2" / "instances.jsonl").read_text().splitlines()):
         assert r["delays"] == [min(2 + i, r["source_length"]) for i in range(len(r["delays"]))]
     assert (run / "curves.png").is_file()

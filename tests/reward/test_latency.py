@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reward.latency import (
-    LatencyScores, al, ap, corpus_latency, dal, laal, score_instance)
+    METRICS, LatencyScores, al, ap, corpus_latency, dal, elapsed_from_compute, laal, score_instance,
+    shortform_degeneracy, yaal)
 from reward.text_metrics import (
     bleu_tokenizer, corpus_bleu, corpus_chrf, count_units, reference_length, sentence_chrf)
 
@@ -78,7 +79,12 @@ def test_functions_match_score_instance():
     delays, src, ref = [1, 3, 3, 6, 6], 6, 4
     res = score_instance(delays, src, ref)
     assert res == LatencyScores(AL=al(delays, src, ref), LAAL=laal(delays, src, ref),
-                                AP=ap(delays, src, ref), DAL=dal(delays, src))
+                                AP=ap(delays, src, ref), DAL=dal(delays, src), YAAL=yaal(delays, src, ref))
+    elapsed = elapsed_from_compute(delays, [0.1, 0.2, 0.2, 0.5, 0.9], 400.0)
+    assert elapsed == pytest.approx([1.25, 3.5, 3.5, 7.25, 8.25])
+    res = score_instance(delays, src, ref, elapsed)
+    assert (res.AL_CA, res.LAAL_CA, res.YAAL_CA) == (al(elapsed, src, ref), laal(elapsed, src, ref),
+                                                     yaal(elapsed, src, ref))
 
 
 @pytest.mark.parametrize("n,k", [(10, 1), (10, 3), (7, 7), (12, 5)])
@@ -116,7 +122,17 @@ def test_empty_hypothesis_is_skipped_in_corpus_means():
     assert (scored, skipped) == (2, 2)
     assert means["AL"] == pytest.approx((a.AL + b.AL) / 2)
     assert means["DAL"] == pytest.approx((a.DAL + b.DAL) / 2)
-    assert corpus_latency([None]) == ({"AL": None, "LAAL": None, "AP": None, "DAL": None}, 0, 1)
+    assert corpus_latency([None]) == ({m: None for m in METRICS}, 0, 1)
+    # a metric an instance has no value for is left out of that mean only
+    assert b.YAAL is None and means["YAAL"] == a.YAAL and means["AL_CA"] is None
+
+
+def test_yaal_hand_computed():
+    # |X| = 4, |Y| = max(4, 4): gamma = 1; units before the end: d = 1, 2, 3 -> (1 + 1 + 1) / 3
+    assert yaal([1, 2, 3, 4], 4, 4) == pytest.approx(1.0)
+    assert yaal([1, 2, 3, 4, 4], 4, 4) == pytest.approx((1 + 1.2 + 1.4) / 3)   # |Y| = 5: gamma 5/4
+    assert yaal([4, 4], 4, 2) is None            # nothing written while the source arrived
+    assert yaal([2, 5], 4) == pytest.approx(2.0)
 
 
 def test_undefined_lengths_raise():
@@ -173,3 +189,49 @@ def test_text_metrics_wrap_sacrebleu():
     assert corpus_bleu(zh_h, zh_r, "zh") == sacrebleu.corpus_bleu(zh_h, [zh_r], tokenize="zh").score
     with pytest.raises(ValueError):
         corpus_bleu(["a"], [])
+
+
+# --- OmniSTEval 0.1.10 (the IWSLT 2026 scorer) as the oracle of YAAL, CA and degeneracy ------
+
+
+def _omni_instance(delays, elapsed, source_length, reference_length):
+    from omnisteval.data import Instance
+
+    ref = " ".join(["w"] * reference_length) if reference_length else "w"
+    return Instance(index=0, prediction=" ".join(["x"] * len(delays)), reference=ref,
+                    source_length=source_length, emission_cu=list(delays),
+                    emission_ca=list(elapsed), latency_unit="word")
+
+
+def test_yaal_ca_and_degeneracy_match_omnisteval():
+    from omnisteval import scoring
+
+    rng = random.Random(7)
+    cases, checked = [], 0
+    for _ in range(400):
+        src = rng.randint(1, 25)
+        hyp = rng.randint(1, 2 * src + 4)
+        delays = sorted(rng.randint(1, src) for _ in range(hyp))
+        compute = sorted(rng.uniform(0, 3) for _ in range(hyp))
+        ref = rng.randint(1, 2 * src + 4)
+        elapsed = elapsed_from_compute(delays, compute, rng.choice([200.0, 400.0, 1000.0]))
+        cases.append((delays, elapsed, src, ref))
+        ins = _omni_instance(delays, elapsed, src, ref)
+        res = score_instance(delays, src, ref, elapsed)
+        want = {"YAAL": scoring.YAALScorer().compute(ins),
+                "YAAL_CA": scoring.YAALScorer(computation_aware=True).compute(ins),
+                "AL_CA": scoring.ALScorer(computation_aware=True).compute(ins),
+                "LAAL_CA": scoring.LAALScorer(computation_aware=True).compute(ins)}
+        for name, value in want.items():
+            got = getattr(res, name)
+            if value is None:
+                assert got is None, name
+            else:
+                assert got == pytest.approx(value, abs=1e-9, rel=0), name
+                checked += 1
+    assert checked > 1000
+    instances = [_omni_instance(d, e, s, r) for d, e, s, r in cases[:60]]
+    want = scoring.ShortformDegeneracyScorer()(instances)
+    got = shortform_degeneracy((d, s, r) for d, _e, s, r in cases[:60])
+    assert got == pytest.approx({"SWF": want["swf"], "EFSW": want["efsw"], "DSPTV": want["dsptv"],
+                                 "degenerate_policy": want["degenerate_policy"]}, abs=1e-9)

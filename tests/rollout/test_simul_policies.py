@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from rollout.hf_backend import HFBackend
-from rollout.prefix_layout import DEFAULT_PREFIX_SYSTEM_PROMPT, PrefixPrompter, run_prefix_policy
-from rollout.runner import Source
+from rollout.prefix_layout import (
+    DEFAULT_PREFIX_SYSTEM_PROMPT, MAX_EMPTY_WRITES, PrefixPrompter, run_prefix_policy)
+from rollout.runner import GenerationResult, Source
 from rollout.simul_policies import (
-    ASK, READ, WRITE, LSGPolicy, OfflinePolicy, WaitKPolicy, build_policy, cut_one_unit, kl_exact,
-    kl_topk, lsg_bounds, lsg_range_action, waitk_delays)
+    ASK, READ, WRITE, IncrementalText, LSGPolicy, OfflinePolicy, WaitKPolicy, build_policy, kl_exact,
+    kl_topk, lsg_bounds, lsg_range_action, normalize_spaces, waitk_delays)
+from rollout.units import count_units
 
 SOURCES = [
     Source(0, "Die Katze sitzt auf der Matte und schaut aus dem Fenster.", "de", "en", "The cat sits."),
@@ -79,20 +81,109 @@ def test_build_policy_by_name():
         build_policy({"type": "nope"})
 
 
-def test_cut_one_unit_words_and_characters(tiny_tokenizer):
-    enc = lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+def test_lsg_pending_units_wait_for_the_lower_bound_only():
+    pol = LSGPolicy(delta=1.0, alpha=0.5, L=2, U=3)
+    # unit 2 (written=1): range [3, 6) of S=10
+    assert [pol.pending_action(r, 1, 10) for r in (2, 3, 5)] == [READ, WRITE, WRITE]
+    assert pol.read_within_bounds(5, 1, 10) and not pol.read_within_bounds(6, 1, 10)
+    assert WaitKPolicy(3).pending_action(3, 1, 10) == READ and WaitKPolicy(3).pending_action(4, 1, 10) == WRITE
+
+
+ZH_TEXT = "政府星期一宣布了新的交通规则。我们在说话人还在讲话的时候翻译这个句子。"
+
+
+@pytest.mark.parametrize("text", [ZH_TEXT, "The cat sits on the mat.\n\n Die Katze sitzt  auf der Matte.",
+                                  "Katze 星期一 sitzt。", ""])
+@pytest.mark.parametrize("unit", ["word", "char"])
+def test_incremental_text_is_the_one_shot_decoding_and_counts_units(tiny_tokenizer, text, unit):
     dec = lambda ids: tiny_tokenizer.decode(list(ids), skip_special_tokens=True)  # noqa: E731
-    eos = {tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    committed = enc("The cat")
-    kept, stop = cut_one_unit(enc(" sits on the mat"), dec, committed, "word", eos)
-    assert dec(committed + kept) == "The cat sits" and not stop
-    kept, stop = cut_one_unit(enc(" window.") + list(eos), dec, committed, "word", eos)
-    assert dec(kept) == " window." and stop
-    kept, stop = cut_one_unit(list(eos), dec, committed, "word", eos)
-    assert kept == [] and stop
-    zh = enc("政府星期一")
-    kept, _ = cut_one_unit(zh, dec, [], "char", eos)
-    assert 1 <= len(dec(kept)) < 5 and "政府星期一".startswith(dec(kept))
+    rng = np.random.default_rng(len(text))
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids += [int(t) for t in rng.integers(3, len(tiny_tokenizer), 40)]   # random tokens after it
+    inc = IncrementalText(dec, unit)
+    checked = 0
+    for n, tok in enumerate(ids, 1):
+        inc.append(tok)
+        full = dec(ids[:n])
+        if full.endswith("\ufffd"):
+            assert full.startswith(inc.text)          # an unfinished character is held back
+            continue
+        assert inc.text == full
+        units = count_units(normalize_spaces(full), unit)
+        assert inc.units(finished=True) == units
+        open_word = unit == "word" and bool(full) and not full[-1].isspace() and units > 0
+        assert inc.units(finished=False) == units - open_word
+        checked += 1
+    assert checked > 10
+
+
+class ScriptedBackend:
+    """A fake generation backend that always continues one fixed token script (unit tests only;
+    the tiny-model tests beside it run the real transformers backend)."""
+
+    def __init__(self, script: list[int], eos: int, filler: int | None = None):
+        self.script, self.eos, self.filler = script, eos, filler
+        self.calls = 0
+
+    def generate(self, prompts, caps, sampling):
+        self.calls += 1
+        out = []
+        for p, cap in zip(prompts, caps):
+            n = next(n for n in range(min(len(self.script), len(p)), -1, -1)
+                     if n == 0 or list(p[-n:]) == self.script[:n])
+            if self.filler is not None and sampling.min_tokens > 0:
+                toks = [self.filler] * cap         # only whitespace while the source lasts
+            else:
+                toks = (self.script[n:] + [self.eos])[:cap]
+            out.append(GenerationResult(toks, [0.0] * len(toks), len(p), 0))
+        return out
+
+    def next_token_logprobs(self, prompts):
+        return [torch.full((self.eos + 1,), -math.log(self.eos + 1)) for _ in prompts]  # uniform
+
+
+def test_multi_character_tokens_are_written_on_the_waitk_schedule(tiny_tokenizer):
+    enc = lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    script = enc("我们在说话的时候。")
+    assert any(len(tiny_tokenizer.decode([t])) >= 2 and "\ufffd" not in tiny_tokenizer.decode([t])
+               for t in script)                      # "们在", "说话": several characters in one token
+    backend = ScriptedBackend(script, eos)
+    prompter = PrefixPrompter(tiny_tokenizer)
+    src = Source(0, "We translate the sentence while the speaker is still talking", "en", "zh")
+    outs, stats = run_prefix_policy(backend, prompter, WaitKPolicy(2), [src], max_tokens_per_unit=2)
+    out = outs[0]
+    assert out.prediction == "我们在说话的时候。"
+    assert out.delays == waitk_delays(2, 10, 9) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert stats["pending_writes"] > 0 and stats["forced_reads"] == 0
+    assert stats["generate_calls"] < len(out.delays)     # pending units needed no model call
+    # every unit was chosen by the model with at most as much source as its delay says
+    gen_reads = [d["read"] for d in out.decisions if d["action"] == WRITE]
+    assert gen_reads == sorted(gen_reads)
+
+
+def test_forced_reads_are_reported_with_whether_they_break_the_bound(tiny_tokenizer):
+    eos = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    newline = tiny_tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    script = tiny_tokenizer("The cat sits.", add_special_tokens=False)["input_ids"]
+    backend = ScriptedBackend(script, eos, filler=newline)
+    src = Source(0, "Die Katze sitzt auf der Matte", "de", "en")
+    outs, stats = run_prefix_policy(backend, PrefixPrompter(tiny_tokenizer), WaitKPolicy(2), [src],
+                                    max_tokens_per_unit=2)
+    out = outs[0]
+    # 2 rule reads, then every further read is forced after MAX_EMPTY_WRITES empty writes
+    assert [f["read"] for f in out.forced_reads] == [2, 3, 4, 5]
+    assert all(f["beyond_bound"] for f in out.forced_reads)
+    assert stats["forced_reads"] == stats["forced_reads_beyond_bound"] == 4
+    assert stats["generate_calls"] == 4 * MAX_EMPTY_WRITES + 1
+    assert out.delays == [6, 6, 6] and out.prediction == "The cat sits."
+    # LSG (alpha 0: always WRITE when asked) with unit 1's range [1, 4): forced reads from 1-3
+    # stay inside Eq. 5, those from 4 on are past its upper bound, and are reported as such
+    outs, stats = run_prefix_policy(backend, PrefixPrompter(tiny_tokenizer),
+                                    LSGPolicy(delta=1e9, alpha=0.0, L=1, U=3), [src], max_tokens_per_unit=2)
+    assert [(f["read"], f["beyond_bound"]) for f in outs[0].forced_reads] == [
+        (1, False), (2, False), (3, False), (4, True), (5, True)]
+    assert stats["forced_reads_beyond_bound"] == 2
 
 
 # --- decoding on the tiny model --------------------------------------------------------------
@@ -114,11 +205,51 @@ def prompter(backend):
 @pytest.mark.parametrize("k", [1, 3])
 def test_waitk_delays_are_the_schedule(backend, prompter, k):
     outs, stats = run_prefix_policy(backend, prompter, WaitKPolicy(k), SOURCES, max_new_tokens_final=12)
-    assert stats["generate_calls"] > 0
+    assert stats["generate_calls"] > 0 and stats["forced_reads"] == 0
     for out in outs:
         assert out.delays, out
         assert out.delays == waitk_delays(k, out.source_length, len(out.delays))
         assert len(out.compute_s) == len(out.delays) and out.compute_s == sorted(out.compute_s)
+
+
+ZH_SOURCES = [
+    Source(0, "政府星期一宣布了新的交通规则。", "zh", "en"),
+    Source(1, "我们在说话人还在讲话的时候翻译这个句子。", "zh", "en"),
+]
+EN_SOURCES = [
+    Source(0, "The government announced new traffic rules on Monday.", "en", "zh"),
+    Source(1, "We translate the sentence while the speaker is still talking.", "en", "zh"),
+]
+
+
+@pytest.mark.parametrize("direction", ["zh-en", "en-zh"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_waitk_delays_are_the_schedule_in_character_units(backend, prompter, direction, k):
+    """zh source: one READ = one character; zh target: one WRITE = one character, also when the
+    random model's tokens hold several characters (Latin pieces count a unit per letter)."""
+    sources = ZH_SOURCES if direction == "zh-en" else EN_SOURCES
+    outs, stats = run_prefix_policy(backend, prompter, WaitKPolicy(k), sources,
+                                    max_new_tokens_final=12)
+    assert stats["forced_reads"] == 0
+    if direction == "en-zh":
+        assert stats["pending_writes"] > 0          # multi-character tokens were split into units
+    for src, out in zip(sources, outs):
+        assert out.source_length == count_units(src.text, "char" if direction == "zh-en" else "word")
+        assert len(out.delays) == count_units(out.prediction, "char" if direction == "en-zh" else "word")
+        assert out.delays == waitk_delays(k, out.source_length, len(out.delays)), out
+        reads = [d["read"] for d in out.decisions if d["action"] == READ]
+        assert reads == list(range(out.source_length))   # one READ per source unit, in order
+
+
+def test_lsg_delays_stay_inside_its_range_in_character_units(backend, prompter):
+    L, U = 1, 3
+    outs, stats = run_prefix_policy(backend, prompter, LSGPolicy(delta=2e-5, alpha=0.0037, L=L, U=U),
+                                    EN_SOURCES, max_new_tokens_final=12)
+    assert stats["pending_writes"] > 0 and stats["forced_reads_beyond_bound"] == 0
+    for out in outs:
+        for i, d in enumerate(out.delays, 1):
+            low, high = lsg_bounds(L, U, i, out.source_length)
+            assert low <= d <= high or d == out.source_length, (i, d, out.delays)
 
 
 def test_offline_reads_everything_first(backend, prompter):
@@ -176,8 +307,8 @@ def test_lsg_matches_a_brute_force_reference_at_every_decision(backend, prompter
     checked = 0
     for src, out in zip(SOURCES, outs):
         for d in out.decisions:
-            if d["by"] == "no-unit":
-                continue
+            if d["by"] in ("no-unit", "pending"):
+                continue   # not the model's decision (tested above)
             want, kl, p_max = _reference_decision(backend.model, backend.tokenizer, src, d["read"], d["written"],
                                                   out.target_ids[:d["target"]], L, U, delta, alpha)
             if d["by"] == "model":
@@ -188,3 +319,18 @@ def test_lsg_matches_a_brute_force_reference_at_every_decision(backend, prompter
             assert d["action"] == want, (src.index, d, kl, p_max)
             checked += 1
     assert checked > 20 and by_model["read"] > 0 and by_model["write"] > 0, by_model
+
+
+def test_an_overlong_word_is_cut_within_the_schedule(tiny_tokenizer):
+    eos = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    word = "Verkehrsregelnankündigungsminutenverspätung"
+    script = tiny_tokenizer(word + " ok", add_special_tokens=False)["input_ids"]
+    assert len(tiny_tokenizer(word, add_special_tokens=False)["input_ids"]) > MAX_EMPTY_WRITES
+    src = Source(0, "Die Katze sitzt auf der Matte", "de", "en")
+    outs, stats = run_prefix_policy(ScriptedBackend(script, eos), PrefixPrompter(tiny_tokenizer),
+                                    WaitKPolicy(2), [src], max_tokens_per_unit=1)
+    out = outs[0]
+    assert stats["cut_words"] >= 1 and stats["forced_reads"] == 0
+    assert out.prediction.replace(" ", "") == word + "ok" and " " in out.prediction
+    assert out.delays == waitk_delays(2, 6, len(out.delays))
+    assert out.target_ids == script                  # the model's tokens are kept as they are
