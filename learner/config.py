@@ -58,6 +58,10 @@ class LearnerConfig(BaseModel):
         True, description="divide group-centred rewards by the group std (false = Dr. GRPO)")
     loss_agg: Literal["token-mean", "seq-mean-token-mean"] = Field(
         "token-mean", description="loss aggregation over the global batch")
+    is_correction: Literal["none", "truncate", "mask"] = Field(
+        "none", description="off-policy correction by pi_old/pi_rollout per token: truncate at is_cap, "
+                            "mask outside [1/is_cap, is_cap], or none (weights still logged)")
+    is_cap: float = Field(2.0, ge=1.0, le=1e4, description="cap of the rollout importance weight (see is_correction)")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter (or full fine-tuning)")
 
     @property

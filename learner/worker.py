@@ -102,12 +102,13 @@ class Learner:
         ids = inputs["input_ids"].to(self.device)
         attn = inputs["attention_mask"].to(self.device)
         mask = inputs["action_mask"].to(self.device)
+        dist = {k: inputs[k].to(self.device) for k in ("temperature", "top_p", "top_k") if k in inputs}
         if reference and self.reference is not None:
             with torch.no_grad():
-                return sequence_logprobs(self.reference, ids, attn, mask)
+                return sequence_logprobs(self.reference, ids, attn, mask, **dist)
         self.engine.train(grad)   # train mode only for the gradient pass (dropout, checkpointing)
         with torch.set_grad_enabled(grad):
-            return self.engine(ids, attn, mask, reference=reference)
+            return self.engine(ids, attn, mask, reference=reference, **dist)
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
         self.engine.set_gradient_accumulation_boundary(boundary)

@@ -65,7 +65,9 @@ class VLLMEngine:
             enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            worker_extension_cls=WORKER_EXTENSION, disable_log_stats=True)
+            worker_extension_cls=WORKER_EXTENSION, disable_log_stats=True,
+            # log-probs of the distribution sampled from (temperature, top-p applied), not the raw ones
+            logprobs_mode="processed_logprobs")
         if cfg.block_size is not None:
             kwargs["block_size"] = cfg.block_size
         if cfg.enable_lora:
@@ -75,30 +77,59 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.weight_version = 0
         self._lora = None          # the active LoRARequest, if any
+        self._pending: dict[str, int] = {}   # submitted request id -> prompt length
         self._adapter_dir: tempfile.TemporaryDirectory | None = None
 
     # --- generation -----------------------------------------------------------------------
 
+    def _params(self, cap: int, sampling: Sampling):
+        from vllm import SamplingParams
+
+        return SamplingParams(max_tokens=cap, temperature=sampling.temperature, top_p=sampling.top_p,
+                              logprobs=0, detokenize=False, min_tokens=min(sampling.min_tokens, cap))
+
+    @staticmethod
+    def _result(prompt_len: int, out) -> GenerationResult:
+        comp = out.outputs[0]
+        ids = list(comp.token_ids)
+        # logprobs=0 returns the sampled token's log-prob at every position (after temperature
+        # and top-p: the engine runs in processed_logprobs mode, what the learner scores)
+        lps = [step[tok].logprob for tok, step in zip(ids, comp.logprobs or [])]
+        return GenerationResult(ids, lps, prompt_tokens=prompt_len,
+                                cached_prompt_tokens=int(out.num_cached_tokens or 0))
+
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],
                  sampling: Sampling) -> list[GenerationResult]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(max_tokens=cap, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, logprobs=0, detokenize=False,
-                                 min_tokens=min(sampling.min_tokens, cap))
-                  for cap in max_new_tokens]
+        params = [self._params(cap, sampling) for cap in max_new_tokens]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                  lora_request=self._lora, use_tqdm=False)
-        results = []
-        for prompt, out in zip(prompts, outs):
-            comp = out.outputs[0]
-            ids = list(comp.token_ids)
-            # logprobs=0 returns the sampled token's log-prob at every position
-            lps = [step[tok].logprob for tok, step in zip(ids, comp.logprobs or [])]
-            results.append(GenerationResult(ids, lps, prompt_tokens=len(prompt),
-                                            cached_prompt_tokens=int(out.num_cached_tokens or 0)))
-        return results
+        return [self._result(len(prompt), out) for prompt, out in zip(prompts, outs)]
+
+    # --- continuous batching (rollout.stream_runner) ---------------------------------------
+
+    def submit(self, key: str, prompt: list[int], max_new_tokens: int, sampling: Sampling) -> None:
+        """Queue one request; it joins the running batch at the engine's next step."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._params(max_new_tokens, sampling)
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        self._pending[key] = len(prompt)
+        self.llm.llm_engine.add_request(key, TokensPrompt(prompt_token_ids=list(prompt)), params,
+                                        lora_request=self._lora)
+
+    def poll(self) -> list[tuple[str, GenerationResult]]:
+        """Run one engine step; return the requests that finished in it."""
+        done = []
+        for out in self.llm.llm_engine.step():
+            if out.finished:
+                done.append((out.request_id, self._result(self._pending.pop(out.request_id), out)))
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._pending)
 
     def next_token_logprobs(self, prompts: Sequence[list[int]], top_k: int) -> list[dict[int, float]]:
         """The ``top_k`` most likely next tokens of each prompt with their log-probs (an
