@@ -16,7 +16,7 @@ from collections import deque
 from typing import Callable, Protocol, Sequence
 
 from rollout.episode import Trajectory
-from rollout.runner import EpisodeFactory, GenerationResult, RolloutStats, Sampling, Source
+from rollout.runner import EpisodeFactory, GenerationResult, RolloutStats, Sampling, Source, run_episodes
 
 
 class StreamingBackend(Protocol):
@@ -91,3 +91,14 @@ def run_episodes_streaming(backend: StreamingBackend, factory: EpisodeFactory, s
         trajectories.append(ep.trajectory(source_index=src.index, sample=k % group_size,
                                           chunk_size=ep.chunk_size))
     return trajectories, stats
+
+
+def run_rollout(backend, factory: EpisodeFactory, sources: Sequence[Source], group_size: int,
+                sampling: Sampling, runner: str = "streaming", max_in_flight: int = 256,
+                ) -> tuple[list[Trajectory], RolloutStats]:
+    """Episodes by the configured runner (``rollout.runner``): same trajectories either way."""
+    if runner == "streaming":
+        return run_episodes_streaming(backend, factory, sources, group_size, sampling, max_in_flight)
+    if runner == "lockstep":
+        return run_episodes(backend, factory, sources, group_size, sampling)
+    raise ValueError(f"unknown rollout runner {runner!r}; use streaming or lockstep")

@@ -37,17 +37,19 @@ class RolloutWorker:
 
     def rollout(self, sources: Sequence[dict[str, Any]], group_size: int,
                 temperature: float, top_p: float) -> dict[str, Any]:
-        from rollout.runner import run_episodes
+        from rollout.stream_runner import run_rollout
 
         srcs = [Source(**s) for s in sources]
-        trajs, stats = run_episodes(self.engine, self.factory, srcs, group_size,
-                                    Sampling(temperature=temperature, top_p=top_p))
+        trajs, stats = run_rollout(self.engine, self.factory, srcs, group_size,
+                                   Sampling(temperature=temperature, top_p=top_p),
+                                   self.cfg.runner, self.cfg.max_in_flight)
         version = self.engine.weight_version
         out = []
         for t in trajs:
             d = asdict(t)
             d["meta"]["weight_version"] = version
             d["meta"]["worker"] = self.index
+            d["meta"]["temperature"], d["meta"]["top_p"] = temperature, top_p   # what the learner scores
             out.append(d)
         return {"trajectories": out, "stats": stats.as_dict(), "weight_version": version}
 
