@@ -2,9 +2,9 @@
 
 Everything vLLM-specific, including the CPU build's quirks (DESIGN §4), lives here:
 environment variables that must be set before the engine starts, the smallest prefix-cache
-block the CPU build accepts, no per-request seeds (they kill the CPU worker: the engine is
-seeded instead), and resetting the prefix cache after new weights (cached KV was computed
-with the old ones).
+block the CPU build accepts, per-request seeds through our own Gumbel-max logits processor
+(vLLM's ``SamplingParams(seed=...)`` kills the CPU worker: ``rollout.seeded_sampler``), and
+resetting the prefix cache after new weights (cached KV was computed with the old ones).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from rollout.runner import GenerationResult, Sampling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_EXTENSION = "rollout.vllm_ext.WeightLoaderExtension"
+SEEDED_SAMPLER = "rollout.seeded_sampler:SeededGumbelSampler"
 
 
 def on_gpu() -> bool:
@@ -65,7 +66,8 @@ class VLLMEngine:
             enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            worker_extension_cls=WORKER_EXTENSION, disable_log_stats=True)
+            worker_extension_cls=WORKER_EXTENSION, disable_log_stats=True,
+            logits_processors=[SEEDED_SAMPLER])
         if cfg.block_size is not None:
             kwargs["block_size"] = cfg.block_size
         if cfg.enable_lora:
@@ -80,14 +82,23 @@ class VLLMEngine:
     # --- generation -----------------------------------------------------------------------
 
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],
-                 sampling: Sampling) -> list[GenerationResult]:
+                 sampling: Sampling, seeds: Sequence[int | None] | None = None) -> list[GenerationResult]:
+        """``seeds[i]`` (when given and not None) makes request i's sample a function of its
+        prompt and seed alone: greedy in vLLM over logits our sampler perturbed (module docstring)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(max_tokens=cap, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, logprobs=0, detokenize=False,
-                                 min_tokens=min(sampling.min_tokens, cap))
-                  for cap in max_new_tokens]
+        from rollout.seeded_sampler import SEED_KEY, TEMPERATURE_KEY, TOP_P_KEY
+
+        def params_for(cap: int, seed: int | None) -> SamplingParams:
+            common = dict(max_tokens=cap, logprobs=0, detokenize=False, min_tokens=min(sampling.min_tokens, cap))
+            if seed is None or sampling.temperature <= 0:
+                return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, **common)
+            return SamplingParams(temperature=0.0, extra_args={
+                SEED_KEY: int(seed), TEMPERATURE_KEY: sampling.temperature, TOP_P_KEY: sampling.top_p}, **common)
+
+        seeds = list(seeds) if seeds is not None else [None] * len(prompts)
+        params = [params_for(cap, seed) for cap, seed in zip(max_new_tokens, seeds)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                  lora_request=self._lora, use_tqdm=False)
         results = []
