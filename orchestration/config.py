@@ -33,12 +33,17 @@ class DataConfig(_Section):
 
     dir: str | None = Field(None, min_length=1, max_length=1000,
                             description="data directory; null = $SIMULRL_DATA, else ../shared/data")
-    train: str = Field("wmt17-20_news_deen", min_length=1, max_length=100,
-                       description="training set name (see `launch.py datasets`)")
-    dev: str = Field("flores200_dev_deen", min_length=1, max_length=100,
-                     description="held-out set for periodic evaluation during training")
-    test: str = Field("newstest2015_deen", min_length=1, max_length=100,
-                      description="test set for evaluation commands")
+    train: str = Field("wmt17-20_news_deen", min_length=1, max_length=1000,
+                       description="training set: a name (`launch.py datasets`), a folder with src.txt/ref.txt, "
+                                   "or a .jsonl/.tsv file")
+    dev: str = Field("flores200_dev_deen", min_length=1, max_length=1000,
+                     description="held-out set for periodic evaluation during training (name, folder or file)")
+    test: str = Field("newstest2015_deen", min_length=1, max_length=1000,
+                      description="test set for evaluation commands (name, folder or file)")
+    src_lang: str | None = Field(None, min_length=2, max_length=3, pattern=r"^[a-z]{2,3}$",
+                                 description="source language of a folder/file set whose name does not say it")
+    tgt_lang: str | None = Field(None, min_length=2, max_length=3, pattern=r"^[a-z]{2,3}$",
+                                 description="target language of a folder/file set whose name does not say it")
     limit: int | None = Field(None, ge=1, le=10_000_000,
                               description="use at most this many pairs of a set (after shuffling)")
     shuffle: bool = Field(True, description="shuffle training pairs with run.seed")
@@ -82,6 +87,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(4, ge=0, le=1_000_000,
                                   description="checkpoint every N steps (and always at the end); 0 = only at the end")
     tensorboard: bool = Field(True, description="also write TensorBoard event files")
+    save_rollouts: bool = Field(False, description="also write each step's trajectories to rollouts/step-N.jsonl")
+    call_timeout_s: float = Field(3600.0, gt=0.0, le=7 * 86400.0,
+                                  description="longest one learner call may take before the run stops")
 
 
 class RootConfig(_Section):

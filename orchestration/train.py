@@ -7,11 +7,13 @@ periodic dev evaluation → checkpoint. Every step logs its components and timin
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from orchestration.checkpoint import latest_checkpoint, read_driver_state, write_checkpoint
+from orchestration.checkpoint import (CheckpointWriteError, check_writable, latest_checkpoint, read_driver_state,
+                                      write_checkpoint)
 from orchestration.config import RootConfig
 from orchestration.config_loader import load_config, resolve_run_dir, write_resolved_config
 from orchestration.cursor import DataCursor
@@ -20,7 +22,9 @@ from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog, plot_curves
 from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.train_parts import (DevResult, build_learners, evaluate_dev, group_metrics,
-                                       learner_batch, policy_path, reward_groups, sync_names, to_sources)
+                                       learner_batch, policy_path, reward_groups, save_rollouts, seed_torch,
+                                       sync_names, to_sources, wait_ranks)
+from orchestration.train_parts import RunStopped
 
 
 def load_training_data(cfg: RootConfig) -> tuple[Dataset, list, Dataset]:
@@ -53,6 +57,7 @@ class Trainer:
     def __init__(self, cfg: RootConfig, run_dir: Path, resume: bool = False):
         self.cfg, self.run_dir = cfg, run_dir
         self.train_set, self.train_pairs, self.dev_set = load_training_data(cfg)
+        check_writable(run_dir, "--resume" if resume else "run.dir")   # before anything is created there
         self.cursor = DataCursor(size=len(self.train_pairs), seed=cfg.run.seed)
         self.step, self.version = 0, 0
         self.history: dict[str, Any] = {}
@@ -81,16 +86,25 @@ class Trainer:
         return policy_path(self.cfg)
 
     def _restore(self, ckpt: Path) -> None:
-        import ray
-
         state = read_driver_state(ckpt)
-        ray.get([lw.load_checkpoint.remote(str(ckpt / "learner")) for lw in self.learners])
+        self._learner_call("load_checkpoint", str(ckpt / "learner"))
         self.step, self.version = state["step"], state["weight_version"]
         self.cursor = DataCursor.from_state(state["cursor"])
         self.history = state.get("history", {})
-        self.log.truncate_after(self.step)
+        self.log.truncate_after(self.step)   # steps after the checkpoint (a killed run's) are redone
         self.sync(self.version)
         print(f"resumed from {ckpt} at step {self.step} (weight version {self.version})")
+
+    def _learner_call(self, method: str, *args: Any, per_rank: list[tuple] | None = None) -> list[Any]:
+        """``method`` on every learner rank at once (they are collective). A rank that dies or
+        hangs ends the run with a message naming it and the checkpoint to resume from."""
+        calls = per_rank if per_rank is not None else [args] * len(self.learners)
+        refs = [getattr(lw, method).remote(*a) for lw, a in zip(self.learners, calls)]
+        try:
+            return wait_ranks(refs, method, self.cfg.train.call_timeout_s, self.run_dir)
+        except RunStopped:
+            self._learners_broken = True   # the others wait in a collective: close() kills them
+            raise
 
     # --- one step ------------------------------------------------------------------------------
 
@@ -107,14 +121,15 @@ class Trainer:
                 "time/sync_load_s": info["seconds"]}
 
     def train_step(self) -> dict[str, Any]:
-        import ray
-
         from learner.grpo import group_advantages
-        from rollout.runner import Sampling
+        from rollout.runner import Sampling, derive_seed
 
         cfg, t_step = self.cfg, time.perf_counter()
+        first_draw = self.cursor.draws
         idx = self.cursor.next_batch(cfg.train.sources_per_step)
-        sources = to_sources([self.train_pairs[i] for i in idx], self.train_set)
+        draws = [first_draw + k for k in range(len(idx))]   # unique group ids: a pair may come twice
+        seeds = [derive_seed(cfg.run.seed, self.step + 1, d) for d in draws]
+        sources = to_sources([self.train_pairs[i] for i in idx], self.train_set, draws, seeds)
         t0 = time.perf_counter()
         sp = cfg.rollout.sampling
         trajs, rstats = self.rollout.rollout(sources, sp.group_size, Sampling(sp.temperature, sp.top_p))
@@ -134,11 +149,14 @@ class Trainer:
         t0 = time.perf_counter()
         shards = batch.split(len(self.learners))
         counts = batch.counts()
-        results = ray.get([lw.train_step.remote(shard, counts) for lw, shard in zip(self.learners, shards)])
+        # dropout and any other learner randomness: a function of (seed, step, rank), not history
+        self._learner_call("__ray_call__", per_rank=[(seed_torch, derive_seed(cfg.run.seed, self.step + 1, "learner", r))
+                                                     for r in range(len(self.learners))])
+        results = self._learner_call("train_step", per_rank=[(shard, counts) for shard in shards])
         learn_s = time.perf_counter() - t0
         sync = self.sync(self.version + 1)
         self.step += 1
-        m: dict[str, Any] = {"weight_version": self.version, "sources": [s.index for s in sources]}
+        m: dict[str, Any] = {"weight_version": self.version, "sources": [s.index for s in sources], "groups": draws}
         m.update(group_metrics(scored, trajs, int(zero_groups)))
         m.update({f"learner/{k}": v for k, v in results[0].items() if isinstance(v, (int, float))})
         m.update({"rollout/prefix_cache_hit_share": rstats["prefix_cache_hit_share"],
@@ -147,6 +165,8 @@ class Trainer:
                   "reward/scorer": scored.scorer.name,
                   "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": learn_s, **sync})
         m["time/step_s"] = time.perf_counter() - t_step
+        if cfg.train.save_rollouts:
+            save_rollouts(self.run_dir, self.step, sources, trajs, scored, ga.advantages.flatten().tolist())
         return m
 
     # --- loop ------------------------------------------------------------------------------------
@@ -196,7 +216,11 @@ class Trainer:
                 if last:
                     after = self.evaluate("after")
                     self.log.log(self.step, {f"dev/{k}": v for k, v in after.as_dict().items()})
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except CheckpointWriteError as exc:
+                    raise RunStopped(f"{exc}; free space in or fix {self.run_dir}, then continue with "
+                                     f"`launch.py train --resume {self.run_dir}`") from None
             if stop_after is not None and self.step >= stop_after:
                 break
         bar.close()
@@ -205,10 +229,17 @@ class Trainer:
     def close(self) -> None:
         import ray
 
+        def close_learners() -> None:
+            if getattr(self, "_learners_broken", False):
+                for lw in self.learners:
+                    ray.kill(lw)
+            else:
+                ray.get([lw.shutdown.remote() for lw in self.learners], timeout=120)
+
         self.log.close()
-        close_all([lambda: self.rollout.shutdown(), lambda: self.reward.close(),
-                   lambda: ray.get([lw.shutdown.remote() for lw in self.learners], timeout=120)],
-                  getattr(self, "_started_ray", False))
+        closers = [lambda: self.rollout.shutdown(), lambda: self.reward.close()]
+        close_all([c for c, part in zip(closers + [close_learners], ("rollout", "reward", "learners"))
+                   if hasattr(self, part)], getattr(self, "_started_ray", False))
 
 
 def summary_table(history: dict[str, Any]) -> str:
@@ -227,18 +258,26 @@ def main(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise UserInputError(f"--resume {run_dir}: no config.yaml there; pass a run directory of `train`")
         cfg = load_config(run_dir / "config.yaml", args.overrides)
+        latest_checkpoint(run_dir)   # refuse before anything starts when there is nothing to resume
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = resolve_run_dir(cfg)
     check_model(cfg)
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))   # validates data before any actor
-    if not args.resume:
+    if args.resume:
+        record_resume(run_dir, trainer._resume_from, list(args.overrides or []))
+        if args.overrides:
+            write_resolved_config(cfg, run_dir)   # a later resume continues with these values
+    else:
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": str(run_dir)})})
         write_resolved_config(cfg, run_dir)
     print(f"run directory: {run_dir}")
     try:
         trainer.start()
         history = trainer.run(stop_after=args.stop_after)
+    except RunStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     png = plot_curves(trainer.log.rows(), run_dir / "curves.png")
@@ -248,3 +287,13 @@ def main(args: argparse.Namespace) -> int:
         print(summary_table(history))
     print(f"curves: {png}\nmetrics: {run_dir / 'metrics.jsonl'}")
     return 0
+
+
+def record_resume(run_dir: Path, ckpt: Path | None, overrides: list[str]) -> None:
+    """Append to ``resumes.jsonl`` which checkpoint a resume started from and the overrides it applied."""
+    import json
+
+    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": ckpt.name if ckpt else None,
+           "overrides": overrides}
+    with (run_dir / "resumes.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")

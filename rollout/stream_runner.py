@@ -16,13 +16,15 @@ from collections import deque
 from typing import Callable, Protocol, Sequence
 
 from rollout.episode import Trajectory
-from rollout.runner import EpisodeFactory, GenerationResult, RolloutStats, Sampling, Source, run_episodes
+from rollout.runner import (EpisodeFactory, GenerationResult, RolloutStats, Sampling, Source, derive_seed,
+                            run_episodes)
 
 
 class StreamingBackend(Protocol):
     """A backend that takes requests one at a time and reports them as they finish."""
 
-    def submit(self, key: str, prompt: list[int], max_new_tokens: int, sampling: Sampling) -> None: ...
+    def submit(self, key: str, prompt: list[int], max_new_tokens: int, sampling: Sampling,
+               seed: int | None = None) -> None: ...
 
     def poll(self) -> list[tuple[str, GenerationResult]]: ...
 
@@ -33,7 +35,8 @@ def run_episodes_streaming(backend: StreamingBackend, factory: EpisodeFactory, s
                            ) -> tuple[list[Trajectory], RolloutStats]:
     """Run ``group_size`` episodes per source, each advancing on its own.
 
-    Returns trajectories in the lock-step runner's order (all of source 0, then source 1, ...).
+    Returns trajectories in the lock-step runner's order (all of source 0, then source 1, ...),
+    and, for seeded sources, the same per-request seeds ``derive_seed(source.seed, sample, step)``.
     ``max_in_flight`` bounds the requests inside the engine; a whole group is admitted at once,
     so one group larger than the bound still runs (alone). ``on_finish(done, total)`` is called
     when an episode ends.
@@ -55,7 +58,11 @@ def run_episodes_streaming(backend: StreamingBackend, factory: EpisodeFactory, s
         turns[i] += 1
         key = f"ep{i}-t{turns[i]}"
         cap = cfg.max_new_tokens_final if ep.is_last_step else cfg.max_new_tokens_per_step
-        backend.submit(key, ep.prompt_ids, cap, sampling)
+        src = sources[i // group_size]
+        if sampling.temperature > 0 and src.seed is not None:
+            backend.submit(key, ep.prompt_ids, cap, sampling, seed=derive_seed(src.seed, i % group_size, ep.step))
+        else:
+            backend.submit(key, ep.prompt_ids, cap, sampling)
         in_flight[key] = i
 
     while waiting or in_flight:
@@ -88,7 +95,8 @@ def run_episodes_streaming(backend: StreamingBackend, factory: EpisodeFactory, s
     trajectories = []
     for k, ep in enumerate(episodes):
         src = sources[k // group_size]
-        trajectories.append(ep.trajectory(source_index=src.index, sample=k % group_size,
+        group = src.group if src.group is not None else k // group_size
+        trajectories.append(ep.trajectory(source_index=src.index, group=group, sample=k % group_size,
                                           chunk_size=ep.chunk_size))
     return trajectories, stats
 

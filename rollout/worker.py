@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Sequence
 
 from rollout.config import RolloutConfig
@@ -128,10 +128,17 @@ class RolloutPool:
 
     def rollout(self, sources: Sequence[Source], group_size: int, sampling: Sampling
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """All B·N trajectories, ordered by the order of ``sources`` then sample index."""
+        """All B·N trajectories, ordered by the order of ``sources`` then sample index.
+
+        Each source is one group (``Source.group``; its position when unset): a source that
+        appears twice gives two groups, never one merged one."""
         ray = self._ray()
         from ray.exceptions import ActorDiedError, RayActorError
 
+        sources = [s if s.group is not None else replace(s, group=k) for k, s in enumerate(sources)]
+        order = {s.group: k for k, s in enumerate(sources)}
+        if len(order) != len(sources):
+            raise ValueError("two sources of one rollout call share a group id")
         shards = shard_sources(sources, len(self.workers))
         start = time.perf_counter()
         pending = {i: self._submit(i, shard, group_size, sampling)
@@ -145,9 +152,8 @@ class RolloutPool:
             except (RayActorError, ActorDiedError):
                 self._restart(i)
                 pending[i] = self._submit(i, shards[i], group_size, sampling)
-        order = {s.index: k for k, s in enumerate(sources)}
         trajs = [t for r in results.values() for t in r["trajectories"]]
-        trajs.sort(key=lambda t: (order[t["meta"]["source_index"]], t["meta"]["sample"]))
+        trajs.sort(key=lambda t: (order[t["meta"]["group"]], t["meta"]["sample"]))
         stats = merge_stats([r["stats"] for r in results.values()])
         stats["wall_s"] = time.perf_counter() - start
         stats["weight_versions"] = sorted({r["weight_version"] for r in results.values()})

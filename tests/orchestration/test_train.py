@@ -1,6 +1,5 @@
 """launch.py train end to end on the tiny model (slow): stop after step 2 and resume gives the
-uninterrupted run's step 3 batch; with a latency-only reward the policy learns to wait less;
-every shipped ablation config validates as a train config."""
+uninterrupted run's step 3 batch; with a latency-only reward the policy learns to wait less."""
 from __future__ import annotations
 
 import json
@@ -11,7 +10,6 @@ import pytest
 
 import launch
 from orchestration.checkpoint import latest_checkpoint
-from orchestration.config_loader import load_config
 from tests.tiny_data import build_tiny_data
 from tests.tiny_model import bias_towards_end_of_turn
 
@@ -34,17 +32,6 @@ def _rows(run: Path) -> dict[int, dict]:
         row = json.loads(line)
         rows.setdefault(row["step"], {}).update(row)
     return rows
-
-
-def test_shipped_train_configs_validate():
-    for path in [REPO / "configs" / "default.yaml", REPO / "configs" / "cluster-8gpu.yaml",
-                 *sorted((REPO / "configs" / "ablations").glob("*.yaml"))]:
-        cfg = load_config(path)
-        assert cfg.model.dtype in ("bfloat16", "float32") and cfg.learner.dtype in ("bfloat16", "float32")
-    cluster = load_config(REPO / "configs" / "cluster-8gpu.yaml")
-    gpus = (cluster.rollout.num_workers * cluster.rollout.num_gpus_per_worker + cluster.reward.replicas
-            + cluster.learner.num_ranks * cluster.learner.num_gpus_per_rank)
-    assert gpus == 8 and cluster.reward.device == "cuda"
 
 
 @pytest.mark.slow

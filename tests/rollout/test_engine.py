@@ -133,6 +133,35 @@ def test_learner_scores_the_distribution_vllm_sampled(engine, tiny_model_dir, ti
     assert worst < 2e-3
 
 
+def test_seeded_sampling_depends_on_the_seed_not_the_batch(engine, tiny_model_dir, tiny_tokenizer):
+    """Seeded rollouts (the Gumbel-max logits processor) repeat exactly in another batch and
+    order; their log-probs are those of the distribution sampled from (top-p renormalised)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    factory = EpisodeFactory(tiny_tokenizer, EPISODE_CFG)
+    seeded = [Source(s.index, s.text, s.src_lang, s.tgt_lang, group=g, seed=100 + g) for g, s in enumerate(SOURCES)]
+    sampling = Sampling(temperature=1.0, top_p=0.95)
+    a, _ = run_episodes(engine, factory, seeded, 3, sampling)
+    b, _ = run_episodes(engine, factory, [seeded[2], seeded[0]], 3, sampling)
+    ids = [t.token_ids for t in a]
+    assert [t.token_ids for t in b] == ids[6:9] + ids[0:3]
+    assert len({tuple(x) for x in ids[0:3]}) > 1                      # samples of a group differ
+    other = [Source(s.index, s.text, s.src_lang, s.tgt_lang, group=s.group, seed=s.seed + 7) for s in seeded]
+    c, _ = run_episodes(engine, factory, other, 3, sampling)
+    assert [t.token_ids for t in c] != ids
+    from learner.policy import sequence_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    for t in a[:3]:
+        ids = torch.tensor([t.token_ids])
+        with torch.no_grad():
+            want = sequence_logprobs(model, ids, torch.ones_like(ids), top_p=torch.tensor([0.95]))[0, 1:]
+        mask = torch.tensor(t.action_mask[1:], dtype=torch.bool)
+        got = torch.tensor(t.logprobs[1:])
+        assert torch.allclose(got[mask], want[mask], atol=1e-4)
+
+
 def perturbed_copy(src, dst, names_filter, seed):
     """A copy of the tiny model with some tensors changed; returns the changed tensors."""
     import torch
