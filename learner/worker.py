@@ -39,6 +39,15 @@ def rank_threads(cfg: LearnerConfig) -> int:
     return cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.num_ranks)
 
 
+def parse_cores(spec: str) -> set[int]:
+    """``"1"``, ``"0-3"`` or ``"0,2-3"`` as a set of core numbers."""
+    cores: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cores.update(range(int(lo), int(hi or lo) + 1))
+    return cores
+
+
 def worker_options(cfg: LearnerConfig) -> dict[str, Any]:
     """Ray ``.options(...)`` for a rank (the driver adds its placement-group strategy)."""
     env = {"OMP_NUM_THREADS": str(rank_threads(cfg)), "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR)}
@@ -77,6 +86,8 @@ class Learner:
                           # Ray gives each GPU actor its own device as cuda:0
                           LOCAL_RANK="0")
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_DIR))
+        if self.cfg.cpu_cores is not None:   # e.g. learner and rollout on disjoint cores (bench train)
+            os.sched_setaffinity(0, parse_cores(self.cfg.cpu_cores))
         torch.set_num_threads(rank_threads(self.cfg))
         import deepspeed
 

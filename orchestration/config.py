@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import model_validator, BaseModel, ConfigDict, Field
 
 from learner.config import LearnerConfig
 from reward.config import RewardConfig
@@ -90,6 +90,22 @@ class TrainConfig(_Section):
     save_rollouts: bool = Field(False, description="also write each step's trajectories to rollouts/step-N.jsonl")
     call_timeout_s: float = Field(3600.0, gt=0.0, le=7 * 86400.0,
                                   description="longest one learner call may take before the run stops")
+    mode: Literal["sync", "one_step_off", "async"] = Field(
+        "sync", description="sync: rollout then update; one_step_off: batch t+1 is rolled out during update t "
+                            "(one version stale); async: up to max_staleness batches ahead")
+    max_staleness: int = Field(1, ge=1, le=64, description="async: most weight versions a trained batch may lag")
+    filter_zero_advantage: bool = Field(
+        False, description="drop groups whose rewards are all equal (no gradient) before the update")
+    fill_rounds: int = Field(
+        0, ge=0, le=64, description="with filter_zero_advantage: extra rollouts of new sources to replace "
+                                    "dropped groups, at most this many per step")
+
+    @model_validator(mode="after")
+    def _fill_needs_sync(self) -> "TrainConfig":
+        # a fill round draws from the data cursor, which a rollout ahead of the learner also draws from
+        if self.fill_rounds and (not self.filter_zero_advantage or self.mode != "sync"):
+            raise ValueError("train.fill_rounds > 0 needs train.filter_zero_advantage=true and train.mode=sync")
+        return self
 
 
 class RootConfig(_Section):

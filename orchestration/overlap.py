@@ -76,8 +76,8 @@ class RolloutAhead:
         for step in self._ready:
             self._futures.pop(step, None)
 
-    def syncing(self) -> "_SyncGuard":
-        """Context for a weight sync: no rollout touches the pool meanwhile."""
+    def exclusive(self) -> "_SyncGuard":
+        """Context for a weight sync or an evaluation: no rollout touches the pool meanwhile."""
         return _SyncGuard(self)
 
     def pending(self) -> dict[int, Any]:

@@ -20,6 +20,7 @@ from orchestration.cursor import DataCursor
 from orchestration.data import Dataset, load_pairs, source_units
 from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog, plot_curves
+from orchestration.overlap import RolloutAhead, depth_of
 from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.train_parts import (DevResult, build_learners, evaluate_dev, group_metrics,
                                        learner_batch, policy_path, reward_groups, save_rollouts, seed_torch,
@@ -63,6 +64,7 @@ class Trainer:
         self.history: dict[str, Any] = {}
         self.log = MetricsLog(run_dir, tensorboard=cfg.train.tensorboard)
         self._resume_from = latest_checkpoint(run_dir) if resume else None
+        self._stale_redone = 0
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -78,6 +80,8 @@ class Trainer:
         self.reward = RewardClient(cfg.reward.settings())
         self.reward.wait_ready()
         self.sync_names = sync_names(cfg, self.learners)
+        self.ahead = RolloutAhead(self._produce, depth_of(cfg.train.mode, cfg.train.max_staleness),
+                                  timeout_s=cfg.train.call_timeout_s)
         self.startup_s = time.perf_counter() - t0
         if self._resume_from is not None:
             self._restore(self._resume_from)
@@ -91,6 +95,8 @@ class Trainer:
         self.step, self.version = state["step"], state["weight_version"]
         self.cursor = DataCursor.from_state(state["cursor"])
         self.history = state.get("history", {})
+        # batches rolled out ahead of the learner when the checkpoint was taken: trained next, not redrawn
+        self.ahead.restore({int(k): v for k, v in state.get("ahead", {}).items()})
         self.log.truncate_after(self.step)   # steps after the checkpoint (a killed run's) are redone
         self.sync(self.version)
         print(f"resumed from {ckpt} at step {self.step} (weight version {self.version})")
@@ -120,59 +126,155 @@ class Trainer:
         return {"time/sync_s": time.perf_counter() - t0, "time/sync_export_s": export_s,
                 "time/sync_load_s": info["seconds"]}
 
-    def train_step(self) -> dict[str, Any]:
-        from learner.grpo import group_advantages
-        from rollout.runner import Sampling, derive_seed
+    def _plan(self, step: int) -> list:
+        """The sources of ``step``: the next draws of the cursor, seeded by (seed, step, draw)."""
+        from rollout.runner import derive_seed
 
-        cfg, t_step = self.cfg, time.perf_counter()
+        cfg = self.cfg
         first_draw = self.cursor.draws
         idx = self.cursor.next_batch(cfg.train.sources_per_step)
         draws = [first_draw + k for k in range(len(idx))]   # unique group ids: a pair may come twice
-        seeds = [derive_seed(cfg.run.seed, self.step + 1, d) for d in draws]
-        sources = to_sources([self.train_pairs[i] for i in idx], self.train_set, draws, seeds)
+        seeds = [derive_seed(cfg.run.seed, step, d) for d in draws]
+        return to_sources([self.train_pairs[i] for i in idx], self.train_set, draws, seeds)
+
+    def _produce(self, step: int) -> dict[str, Any]:
+        """Plan and roll out ``step`` (in the background thread under ``one_step_off``/``async``)."""
+        from dataclasses import asdict
+
+        from rollout.runner import Sampling
+
+        sources = self._plan(step)
+        sp = self.cfg.rollout.sampling
         t0 = time.perf_counter()
-        sp = cfg.rollout.sampling
         trajs, rstats = self.rollout.rollout(sources, sp.group_size, Sampling(sp.temperature, sp.top_p))
-        rollout_s = time.perf_counter() - t0
-        stale = {t["meta"]["weight_version"] for t in trajs} - {self.version}
-        if stale:
-            raise RuntimeError(f"rollout ran on weight version(s) {sorted(stale)}, expected {self.version}")
+        return {"sources": [asdict(s) for s in sources], "trajectories": trajs, "stats": rstats,
+                "rollout_s": time.perf_counter() - t0}
+
+    def _max_lag(self) -> int:
+        mode = self.cfg.train.mode
+        return 0 if mode == "sync" else 1 if mode == "one_step_off" else self.cfg.train.max_staleness
+
+    def _take(self, step: int) -> dict[str, Any]:
+        """Batch ``step``, checked to be at most ``_max_lag()`` weight versions behind."""
+        batch = self.ahead.take(step)
+        versions = {t["meta"]["weight_version"] for t in batch["trajectories"]}
+        too_old = {v for v in versions if self.version - v > self._max_lag()}
+        if too_old and self.cfg.train.mode == "async":
+            # timing let this batch fall behind: roll its sources out again on the current weights
+            self._stale_redone += 1
+            batch = self._rollout_sources(batch["sources"])
+            versions = {t["meta"]["weight_version"] for t in batch["trajectories"]}
+            too_old = {v for v in versions if self.version - v > self._max_lag()}
+        if too_old or any(v > self.version for v in versions):
+            raise RuntimeError(f"rollout ran on weight version(s) {sorted(versions)} with the learner at "
+                               f"{self.version} (train.mode={self.cfg.train.mode}, lag allowed {self._max_lag()})")
+        return batch
+
+    def _rollout_sources(self, sources: list[dict[str, Any]]) -> dict[str, Any]:
+        from rollout.runner import Sampling, Source
+
+        srcs = [Source(**s) for s in sources]
+        sp = self.cfg.rollout.sampling
         t0 = time.perf_counter()
-        scored = self.reward.score(reward_groups(trajs, sources, sp.group_size))
-        reward_s = time.perf_counter() - t0
+        with self.ahead.exclusive():
+            trajs, rstats = self.rollout.rollout(srcs, sp.group_size, Sampling(sp.temperature, sp.top_p))
+        return {"sources": sources, "trajectories": trajs, "stats": rstats, "rollout_s": time.perf_counter() - t0}
+
+    def _score(self, sources: list, trajs: list[dict[str, Any]]):
         import torch
 
+        from learner.grpo import group_advantages
+
+        scored = self.reward.score(reward_groups(trajs, sources, self.cfg.rollout.sampling.group_size))
         rewards = torch.tensor([g.rewards for g in scored.groups], dtype=torch.float64)
-        ga = group_advantages(rewards, scale_by_std=cfg.learner.std_normalize)
-        zero_groups = ga.zero_groups
-        batch = learner_batch(trajs, ga.advantages.flatten().tolist())
+        return scored, rewards, group_advantages(rewards, scale_by_std=self.cfg.learner.std_normalize)
+
+    def train_step(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from learner.grpo import informative_groups
+        from rollout.runner import Source, derive_seed
+
+        cfg, t_step = self.cfg, time.perf_counter()
+        step = self.step + 1
         t0 = time.perf_counter()
-        shards = batch.split(len(self.learners))
-        counts = batch.counts()
-        # dropout and any other learner randomness: a function of (seed, step, rank), not history
-        self._learner_call("__ray_call__", per_rank=[(seed_torch, derive_seed(cfg.run.seed, self.step + 1, "learner", r))
-                                                     for r in range(len(self.learners))])
-        results = self._learner_call("train_step", per_rank=[(shard, counts) for shard in shards])
+        batch = self._take(step)
+        self.ahead.prefetch(step + 1, cfg.train.steps)   # overlaps this step's update (not in sync mode)
+        wait_s = time.perf_counter() - t0
+        sources = [Source(**d) for d in batch["sources"]]
+        trajs, rstats = batch["trajectories"], batch["stats"]
+        group = cfg.rollout.sampling.group_size
+        t0 = time.perf_counter()
+        scored, rewards, ga = self._score(sources, trajs)
+        reward_s = time.perf_counter() - t0
+        zero_groups = ga.zero_groups
+        advantages = ga.advantages.flatten().tolist()
+        keep_sources, keep_trajs, keep_adv = sources, trajs, advantages
+        filtered: dict[str, float] = {}
+        if cfg.train.filter_zero_advantage:
+            keep = informative_groups(rewards).tolist()
+            drawn, dropped, rounds = len(sources), keep.count(False), 0
+            keep_sources = [s for s, k in zip(sources, keep) if k]
+            keep_trajs = [t for g, k in enumerate(keep) if k for t in trajs[g * group:(g + 1) * group]]
+            keep_adv = [a for g, k in enumerate(keep) if k for a in advantages[g * group:(g + 1) * group]]
+            while len(keep_sources) < len(sources) and rounds < cfg.train.fill_rounds:
+                rounds += 1   # replace dropped groups with fresh draws (same seeding rule, round-tagged step)
+                extra = self._plan(step)[: len(sources) - len(keep_sources)]   # fresh draws, own seeds
+                more = self._rollout_sources([asdict(s) for s in extra])
+                sc2, rw2, ga2 = self._score(extra, more["trajectories"])
+                ok = informative_groups(rw2).tolist()
+                drawn += len(extra)
+                dropped += ok.count(False)
+                adv2 = ga2.advantages.flatten().tolist()
+                for g, k in enumerate(ok):
+                    if k:
+                        keep_sources.append(extra[g])
+                        keep_trajs.extend(more["trajectories"][g * group:(g + 1) * group])
+                        keep_adv.extend(adv2[g * group:(g + 1) * group])
+            filtered = {"train/groups_drawn": drawn, "train/groups_dropped": dropped, "train/fill_rounds": rounds,
+                        "train/groups_trained": len(keep_sources)}
+        results: list[dict[str, Any]] = [{}]
+        t0 = time.perf_counter()
+        if len(keep_trajs) >= len(self.learners):
+            train_batch = learner_batch(keep_trajs, keep_adv)
+            shards = train_batch.split(len(self.learners))
+            counts = train_batch.counts()
+            # dropout and any other learner randomness: a function of (seed, step, rank), not history
+            self._learner_call("__ray_call__", per_rank=[(seed_torch, derive_seed(cfg.run.seed, step, "learner", r))
+                                                         for r in range(len(self.learners))])
+            results = self._learner_call("train_step", per_rank=[(shard, counts) for shard in shards])
         learn_s = time.perf_counter() - t0
-        sync = self.sync(self.version + 1)
-        self.step += 1
-        m: dict[str, Any] = {"weight_version": self.version, "sources": [s.index for s in sources], "groups": draws}
+        t0 = time.perf_counter()
+        if cfg.train.mode == "one_step_off":
+            self.ahead.settle([step + 1])   # batch t+1 finishes on the weights it started on
+        settle_s = time.perf_counter() - t0
+        with self.ahead.exclusive():
+            sync = self.sync(self.version + 1)
+        self.step = step
+        lags = [self.version - 1 - t["meta"]["weight_version"] for t in trajs]
+        m: dict[str, Any] = {"weight_version": self.version, "sources": [s.index for s in sources],
+                             "groups": [s.group for s in sources]}
         m.update(group_metrics(scored, trajs, int(zero_groups)))
+        m.update(filtered)
         m.update({f"learner/{k}": v for k, v in results[0].items() if isinstance(v, (int, float))})
         m.update({"rollout/prefix_cache_hit_share": rstats["prefix_cache_hit_share"],
                   "rollout/generated_tokens": rstats["generated_tokens"],
-                  "rollout/tokens_per_s": rstats["generated_tokens"] / max(rollout_s, 1e-9),
+                  "rollout/tokens_per_s": rstats["generated_tokens"] / max(batch["rollout_s"], 1e-9),
+                  "rollout/staleness_mean": sum(lags) / len(lags), "rollout/staleness_max": max(lags),
+                  "train/stale_batches_redone": self._stale_redone,
                   "reward/scorer": scored.scorer.name,
-                  "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": learn_s, **sync})
+                  "time/rollout_s": batch["rollout_s"], "time/rollout_wait_s": wait_s + settle_s,
+                  "time/reward_s": reward_s, "time/update_s": learn_s, **sync})
         m["time/step_s"] = time.perf_counter() - t_step
         if cfg.train.save_rollouts:
-            save_rollouts(self.run_dir, self.step, sources, trajs, scored, ga.advantages.flatten().tolist())
+            save_rollouts(self.run_dir, self.step, sources, trajs, scored, advantages)
         return m
 
     # --- loop ------------------------------------------------------------------------------------
 
     def evaluate(self, tag: str) -> DevResult:
-        res = evaluate_dev(self.rollout, self.reward, self.dev_set, self.cfg)
+        with self.ahead.exclusive():   # no rollout ahead runs on the pool meanwhile
+            res = evaluate_dev(self.rollout, self.reward, self.dev_set, self.cfg)
         self.history[tag] = res.as_dict()
         return res
 
@@ -191,8 +293,10 @@ class Trainer:
             else:
                 (out / "model.safetensors").write_bytes(weights)
 
+        self.ahead.settle()   # the cursor already counts batches under way: keep them with it
         return write_checkpoint(self.run_dir, self.step, {
-            "weight_version": self.version, "cursor": self.cursor.state(), "history": self.history}, parts)
+            "weight_version": self.version, "cursor": self.cursor.state(), "history": self.history,
+            "ahead": {str(k): v for k, v in self.ahead.pending().items()}}, parts)
 
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
         from tqdm import tqdm
@@ -237,6 +341,8 @@ class Trainer:
                 ray.get([lw.shutdown.remote() for lw in self.learners], timeout=120)
 
         self.log.close()
+        if hasattr(self, "ahead"):
+            self.ahead.close()
         closers = [lambda: self.rollout.shutdown(), lambda: self.reward.close()]
         close_all([c for c, part in zip(closers + [close_learners], ("rollout", "reward", "learners"))
                    if hasattr(self, part)], getattr(self, "_started_ray", False))

@@ -55,8 +55,11 @@ def reward_groups(trajs: Sequence[dict[str, Any]], sources: Sequence, group_size
 def learner_batch(trajs: Sequence[dict[str, Any]], advantages: Sequence[float]):
     from learner.batch import TrainBatch, TrainTrajectory
 
+    # each trajectory is scored under the distribution it was sampled from (meta, set by the worker)
     return TrainBatch([TrainTrajectory(token_ids=t["token_ids"], action_mask=t["action_mask"],
-                                       advantage=float(a), rollout_logprobs=t["logprobs"])
+                                       advantage=float(a), rollout_logprobs=t["logprobs"],
+                                       temperature=float(t["meta"].get("temperature", 1.0)),
+                                       top_p=float(t["meta"].get("top_p", 1.0)))
                        for t, a in zip(trajs, advantages)])
 
 

@@ -159,13 +159,12 @@ class VLLMEngine:
 
     def poll(self) -> list[tuple[str, GenerationResult]]:
         """Run one engine step; return ``(key, result)`` of the requests that finished in it."""
-        finished = [out for out in self.llm.llm_engine.step() if out.finished]
+        finished = [(out, self._pending.pop(out.request_id)) for out in self.llm.llm_engine.step() if out.finished]
         done = []
         for sampled in (True, False):
-            items = [(out.request_id, self._pending[out.request_id][1], out) for out in finished
-                     if self._pending[out.request_id][2] == sampled]
-            for (internal, _, _), res in zip(items, self._results(items, sampled)):
-                done.append((self._pending.pop(internal)[0], res))
+            part = [(out, key, n) for out, (key, n, was_sampled) in finished if was_sampled == sampled]
+            items = [(out.request_id, n, out) for out, _, n in part]
+            done.extend((key, res) for (_, key, _), res in zip(part, self._results(items, sampled)))
         return done
 
     def in_flight(self) -> int:

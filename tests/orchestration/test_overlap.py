@@ -40,7 +40,7 @@ def run(mode, steps=5, max_staleness=2, learn_s=0.05):
         time.sleep(learn_s)                       # the learner's update of this batch
         if mode == "one_step_off":
             ahead.settle([step + 1])
-        with ahead.syncing():
+        with ahead.exclusive():
             w.version = step
         seen.append((batch["step"], batch["version"]))
     ahead.close()

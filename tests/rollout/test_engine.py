@@ -105,6 +105,22 @@ def test_streaming_runner_equals_lock_step_on_greedy(engine, tiny_tokenizer):
     assert engine.in_flight() == 0 and stats.cached_prompt_tokens > 0
 
 
+def test_streaming_runner_equals_lock_step_on_seeded_sampling(engine, tiny_tokenizer):
+    """Per-request seeds make sampled trajectories a function of (source, seed, sample, turn):
+    the streaming runner draws exactly what the lock-step runner draws, log-probs included."""
+    from rollout.stream_runner import run_episodes_streaming
+
+    factory = EpisodeFactory(tiny_tokenizer, EPISODE_CFG)
+    seeded = [Source(s.index, s.text, s.src_lang, s.tgt_lang, group=g, seed=500 + g) for g, s in enumerate(SOURCES)]
+    sampling = Sampling(temperature=0.9, top_p=0.95)
+    lock, _ = run_episodes(engine, factory, seeded, 3, sampling)
+    stream, _ = run_episodes_streaming(engine, factory, seeded, 3, sampling, max_in_flight=4)
+    assert [t.token_ids for t in stream] == [t.token_ids for t in lock]
+    assert len({tuple(t.token_ids) for t in lock}) > 3
+    for a, b in zip(stream, lock):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
 @pytest.mark.parametrize("temperature,top_p", [(0.7, 1.0), (1.4, 0.9)])
 def test_learner_scores_the_distribution_vllm_sampled(engine, tiny_model_dir, tiny_tokenizer,
                                                       temperature, top_p):
