@@ -24,7 +24,7 @@ from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.train_parts import (DevResult, build_learners, evaluate_dev, group_metrics,
                                        learner_batch, policy_path, reward_groups, save_rollouts, seed_torch,
                                        sync_names, to_sources, wait_ranks)
-from orchestration.train_parts import RunStopped
+from orchestration.train_parts import RunStopped, resume_hint
 
 
 def load_training_data(cfg: RootConfig) -> tuple[Dataset, list, Dataset]:
@@ -95,13 +95,14 @@ class Trainer:
         self.sync(self.version)
         print(f"resumed from {ckpt} at step {self.step} (weight version {self.version})")
 
-    def _learner_call(self, method: str, *args: Any, per_rank: list[tuple] | None = None) -> list[Any]:
+    def _learner_call(self, method: str, *args: Any, per_rank: list[tuple] | None = None,
+                      what: str | None = None) -> list[Any]:
         """``method`` on every learner rank at once (they are collective). A rank that dies or
         hangs ends the run with a message naming it and the checkpoint to resume from."""
         calls = per_rank if per_rank is not None else [args] * len(self.learners)
         refs = [getattr(lw, method).remote(*a) for lw, a in zip(self.learners, calls)]
         try:
-            return wait_ranks(refs, method, self.cfg.train.call_timeout_s, self.run_dir)
+            return wait_ranks(refs, what or method, self.cfg.train.call_timeout_s, self.run_dir)
         except RunStopped:
             self._learners_broken = True   # the others wait in a collective: close() kills them
             raise
@@ -132,7 +133,11 @@ class Trainer:
         sources = to_sources([self.train_pairs[i] for i in idx], self.train_set, draws, seeds)
         t0 = time.perf_counter()
         sp = cfg.rollout.sampling
-        trajs, rstats = self.rollout.rollout(sources, sp.group_size, Sampling(sp.temperature, sp.top_p))
+        try:
+            trajs, rstats = self.rollout.rollout(sources, sp.group_size, Sampling(sp.temperature, sp.top_p),
+                                                 timeout_s=cfg.train.call_timeout_s)
+        except TimeoutError as exc:
+            raise RunStopped(f"{exc} (train.call_timeout_s); the run stopped. {resume_hint(self.run_dir)}") from None
         rollout_s = time.perf_counter() - t0
         stale = {t["meta"]["weight_version"] for t in trajs} - {self.version}
         if stale:
@@ -150,8 +155,9 @@ class Trainer:
         shards = batch.split(len(self.learners))
         counts = batch.counts()
         # dropout and any other learner randomness: a function of (seed, step, rank), not history
-        self._learner_call("__ray_call__", per_rank=[(seed_torch, derive_seed(cfg.run.seed, self.step + 1, "learner", r))
-                                                     for r in range(len(self.learners))])
+        self._learner_call("__ray_call__", what="train_step (seeding)",
+                           per_rank=[(seed_torch, derive_seed(cfg.run.seed, self.step + 1, "learner", r))
+                                     for r in range(len(self.learners))])
         results = self._learner_call("train_step", per_rank=[(shard, counts) for shard in shards])
         learn_s = time.perf_counter() - t0
         sync = self.sync(self.version + 1)
@@ -163,6 +169,8 @@ class Trainer:
                   "rollout/generated_tokens": rstats["generated_tokens"],
                   "rollout/tokens_per_s": rstats["generated_tokens"] / max(rollout_s, 1e-9),
                   "reward/scorer": scored.scorer.name,
+                  "rollout/worker_restarts": self.rollout.restarts,
+                  "reward/replica_restarts": self.reward.restarts,
                   "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": learn_s, **sync})
         m["time/step_s"] = time.perf_counter() - t_step
         if cfg.train.save_rollouts:
