@@ -96,8 +96,9 @@ def test_exact_resume_after_a_clean_stop_and_after_sigkill(tiny_model_dir, tmp_p
 
     # the driver killed mid-step: a subprocess with its own Ray, SIGKILLed once step 1's checkpoint
     # is complete (so in step 2); everything it started goes with its session
+    log = (tmp_path / "killed.log").open("w")
     proc = subprocess.Popen([sys.executable, "launch.py", "train", *_tiny_run(tiny_model_dir, data, killed, *common)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     pointer = killed / "checkpoints" / "latest"
     deadline = time.monotonic() + 900
     try:
@@ -111,7 +112,8 @@ def test_exact_resume_after_a_clean_stop_and_after_sigkill(tiny_model_dir, tmp_p
             os.killpg(proc.pid, signal.SIGKILL)   # the Ray processes the killed driver left behind
         except ProcessLookupError:
             pass
-    assert proc.returncode == -signal.SIGKILL
+    log.close()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     assert _train_lines(killed) == [1]            # killed after step 1, before step 2 was logged
 
     assert launch.main(["train", *_tiny_run(tiny_model_dir, data, full, *common)]) == 0
