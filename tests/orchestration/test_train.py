@@ -127,6 +127,7 @@ def test_exact_resume_after_a_clean_stop_and_after_sigkill(tiny_model_dir, tmp_p
     for run in (part, killed):
         _assert_same_step(full, run, 3)
         if run is killed:
+            _assert_same_step(full, run, 1)        # a fresh run in another process, its own Ray
             _assert_same_step(full, run, 2)        # the step the kill interrupted, redone
         assert _train_lines(run) == [1, 2, 3]      # each step once
         wa, wb = _weights(full, 3), _weights(run, 3)
