@@ -2,7 +2,7 @@
 
 Everything vLLM-specific, including the CPU build's quirks (DESIGN §4), lives here:
 environment variables that must be set before the engine starts, the smallest prefix-cache
-block the CPU build accepts, per-request seeds through our own Gumbel-max logits processor
+block the CPU build accepts, per-request seeds through our own sampling logits processor
 (vLLM's ``SamplingParams(seed=...)`` kills the CPU worker: ``rollout.seeded_sampler``), and
 resetting the prefix cache after new weights (cached KV was computed with the old ones).
 """
@@ -19,7 +19,7 @@ from rollout.runner import GenerationResult, Sampling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_EXTENSION = "rollout.vllm_ext.WeightLoaderExtension"
-SEEDED_SAMPLER = "rollout.seeded_sampler:SeededGumbelSampler"
+SEEDED_SAMPLER = "rollout.seeded_sampler:SeededSampler"
 
 
 def on_gpu() -> bool:
@@ -84,7 +84,7 @@ class VLLMEngine:
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],
                  sampling: Sampling, seeds: Sequence[int | None] | None = None) -> list[GenerationResult]:
         """``seeds[i]`` (when given and not None) makes request i's sample a function of its
-        prompt and seed alone: greedy in vLLM over logits our sampler perturbed (module docstring)."""
+        prompt and seed alone: vLLM's argmax of the one token our sampler left (``rollout.seeded_sampler``)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

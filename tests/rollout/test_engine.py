@@ -90,7 +90,7 @@ def test_greedy_matches_transformers_reference(engine, tiny_model_dir, tiny_toke
 
 
 def test_seeded_sampling_depends_on_the_seed_not_the_batch(engine, tiny_model_dir, tiny_tokenizer):
-    """Seeded rollouts (the Gumbel-max logits processor) repeat exactly in another batch and
+    """Seeded rollouts (our sampling logits processor) repeat exactly in another batch and
     order; their log-probs are the model's own raw log-probs of the sampled tokens."""
     import torch
     from transformers import AutoModelForCausalLM
