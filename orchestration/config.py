@@ -89,7 +89,7 @@ class TrainConfig(_Section):
     tensorboard: bool = Field(True, description="also write TensorBoard event files")
     save_rollouts: bool = Field(False, description="also write each step's trajectories to rollouts/step-N.jsonl")
     call_timeout_s: float = Field(3600.0, gt=0.0, le=7 * 86400.0,
-                                  description="longest one learner call may take before the run stops")
+                                  description="longest one learner or rollout call may take before the run stops")
     mode: Literal["sync", "one_step_off", "async"] = Field(
         "sync", description="sync: rollout then update; one_step_off: batch t+1 is rolled out during update t "
                             "(one version stale); async: up to max_staleness batches ahead")

@@ -25,7 +25,7 @@ from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.train_parts import (DevResult, build_learners, evaluate_dev, group_metrics,
                                        learner_batch, policy_path, reward_groups, save_rollouts, seed_torch,
                                        sync_names, to_sources, wait_ranks)
-from orchestration.train_parts import RunStopped
+from orchestration.train_parts import RunStopped, resume_hint
 
 
 def load_training_data(cfg: RootConfig) -> tuple[Dataset, list, Dataset]:
@@ -101,13 +101,14 @@ class Trainer:
         self.sync(self.version)
         print(f"resumed from {ckpt} at step {self.step} (weight version {self.version})")
 
-    def _learner_call(self, method: str, *args: Any, per_rank: list[tuple] | None = None) -> list[Any]:
+    def _learner_call(self, method: str, *args: Any, per_rank: list[tuple] | None = None,
+                      what: str | None = None) -> list[Any]:
         """``method`` on every learner rank at once (they are collective). A rank that dies or
         hangs ends the run with a message naming it and the checkpoint to resume from."""
         calls = per_rank if per_rank is not None else [args] * len(self.learners)
         refs = [getattr(lw, method).remote(*a) for lw, a in zip(self.learners, calls)]
         try:
-            return wait_ranks(refs, method, self.cfg.train.call_timeout_s, self.run_dir)
+            return wait_ranks(refs, what or method, self.cfg.train.call_timeout_s, self.run_dir)
         except RunStopped:
             self._learners_broken = True   # the others wait in a collective: close() kills them
             raise
@@ -141,14 +142,21 @@ class Trainer:
         """Plan and roll out ``step`` (in the background thread under ``one_step_off``/``async``)."""
         from dataclasses import asdict
 
-        from rollout.runner import Sampling
-
         sources = self._plan(step)
-        sp = self.cfg.rollout.sampling
         t0 = time.perf_counter()
-        trajs, rstats = self.rollout.rollout(sources, sp.group_size, Sampling(sp.temperature, sp.top_p))
+        trajs, rstats = self._pool_rollout(sources)
         return {"sources": [asdict(s) for s in sources], "trajectories": trajs, "stats": rstats,
                 "rollout_s": time.perf_counter() - t0}
+
+    def _pool_rollout(self, sources: list) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        from rollout.runner import Sampling
+
+        sp = self.cfg.rollout.sampling
+        try:
+            return self.rollout.rollout(sources, sp.group_size, Sampling(sp.temperature, sp.top_p),
+                                        timeout_s=self.cfg.train.call_timeout_s)
+        except TimeoutError as exc:
+            raise RunStopped(f"{exc} (train.call_timeout_s); the run stopped. {resume_hint(self.run_dir)}") from None
 
     def _max_lag(self) -> int:
         mode = self.cfg.train.mode
@@ -171,13 +179,12 @@ class Trainer:
         return batch
 
     def _rollout_sources(self, sources: list[dict[str, Any]]) -> dict[str, Any]:
-        from rollout.runner import Sampling, Source
+        from rollout.runner import Source
 
         srcs = [Source(**s) for s in sources]
-        sp = self.cfg.rollout.sampling
         t0 = time.perf_counter()
         with self.ahead.exclusive():
-            trajs, rstats = self.rollout.rollout(srcs, sp.group_size, Sampling(sp.temperature, sp.top_p))
+            trajs, rstats = self._pool_rollout(srcs)
         return {"sources": sources, "trajectories": trajs, "stats": rstats, "rollout_s": time.perf_counter() - t0}
 
     def _score(self, sources: list, trajs: list[dict[str, Any]]):
@@ -240,8 +247,9 @@ class Trainer:
             shards = train_batch.split(len(self.learners))
             counts = train_batch.counts()
             # dropout and any other learner randomness: a function of (seed, step, rank), not history
-            self._learner_call("__ray_call__", per_rank=[(seed_torch, derive_seed(cfg.run.seed, step, "learner", r))
-                                                         for r in range(len(self.learners))])
+            self._learner_call("__ray_call__", what="train_step (seeding)",
+                               per_rank=[(seed_torch, derive_seed(cfg.run.seed, step, "learner", r))
+                                         for r in range(len(self.learners))])
             results = self._learner_call("train_step", per_rank=[(shard, counts) for shard in shards])
         learn_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -263,6 +271,8 @@ class Trainer:
                   "rollout/staleness_mean": sum(lags) / len(lags), "rollout/staleness_max": max(lags),
                   "train/stale_batches_redone": self._stale_redone,
                   "reward/scorer": scored.scorer.name,
+                  "rollout/worker_restarts": self.rollout.restarts,
+                  "reward/replica_restarts": self.reward.restarts,
                   "time/rollout_s": batch["rollout_s"], "time/rollout_wait_s": wait_s + settle_s,
                   "time/reward_s": reward_s, "time/update_s": learn_s, **sync})
         m["time/step_s"] = time.perf_counter() - t_step

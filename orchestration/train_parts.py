@@ -219,7 +219,7 @@ class RunStopped(RuntimeError):
     failed and which checkpoint ``launch.py train --resume`` continues from."""
 
 
-def _resume_hint(run_dir) -> str:
+def resume_hint(run_dir) -> str:
     from orchestration.checkpoint import newest_checkpoint
 
     ckpt = newest_checkpoint(run_dir)
@@ -245,14 +245,14 @@ def wait_ranks(refs: Sequence, what: str, timeout_s: float, run_dir) -> list[Any
         if not ready:
             late = sorted(refs.index(r) for r in pending)
             raise RunStopped(f"learner rank(s) {late} did not finish {what} within train.call_timeout_s="
-                             f"{timeout_s:g} s; the run stopped. {_resume_hint(run_dir)}")
+                             f"{timeout_s:g} s; the run stopped. {resume_hint(run_dir)}")
         for ref in ready:
             try:
                 ray.get(ref, timeout=0)
             except RayActorError as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise RunStopped(f"learner rank {refs.index(ref)} died during {what} ({reason}); the run stopped. "
-                                 f"{_resume_hint(run_dir)}") from None
+                                 f"{resume_hint(run_dir)}") from None
     return ray.get(list(refs), timeout=max(timeout_s - (time.monotonic() - start), 1.0))
 
 

@@ -2,7 +2,7 @@
 
 Everything vLLM-specific, including the CPU build's quirks (DESIGN §4), lives here:
 environment variables that must be set before the engine starts, the smallest prefix-cache
-block the CPU build accepts, per-request seeds through our own Gumbel-max logits processor
+block the CPU build accepts, per-request seeds through our own sampling logits processor
 (vLLM's ``SamplingParams(seed=...)`` kills the CPU worker: ``rollout.seeded_sampler``), and
 resetting the prefix cache after new weights (cached KV was computed with the old ones).
 """
@@ -20,7 +20,7 @@ from rollout.runner import GenerationResult, Sampling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_EXTENSION = "rollout.vllm_ext.WeightLoaderExtension"
-SEEDED_SAMPLER = "rollout.seeded_sampler:SeededGumbelSampler"
+SEEDED_SAMPLER = "rollout.seeded_sampler:SeededSampler"
 
 
 def on_gpu() -> bool:
@@ -131,7 +131,7 @@ class VLLMEngine:
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],
                  sampling: Sampling, seeds: Sequence[int | None] | None = None) -> list[GenerationResult]:
         """``seeds[i]`` (when given and not None) makes request i's sample a function of its
-        prompt and seed alone, never of the batch it shares."""
+        prompt and seed alone, never of the batch it shares (``rollout.seeded_sampler``)."""
         from vllm.inputs import TokensPrompt
 
         seeds = list(seeds) if seeds is not None else [None] * len(prompts)

@@ -126,14 +126,15 @@ class RolloutPool:
             version, mode, payload = self._last_update
             ray.get(self.workers[index].update_weights.remote(version, mode, payload))
 
-    def rollout(self, sources: Sequence[Source], group_size: int, sampling: Sampling
-                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def rollout(self, sources: Sequence[Source], group_size: int, sampling: Sampling,
+                timeout_s: float = 3600.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """All B·N trajectories, ordered by the order of ``sources`` then sample index.
 
         Each source is one group (``Source.group``; its position when unset): a source that
-        appears twice gives two groups, never one merged one."""
+        appears twice gives two groups, never one merged one. A shard that takes longer than
+        ``timeout_s`` raises TimeoutError naming its worker."""
         ray = self._ray()
-        from ray.exceptions import ActorDiedError, RayActorError
+        from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
         sources = [s if s.group is not None else replace(s, group=k) for k, s in enumerate(sources)]
         order = {s.group: k for k, s in enumerate(sources)}
@@ -147,8 +148,10 @@ class RolloutPool:
         while pending:
             i, ref = next(iter(pending.items()))
             try:
-                results[i] = ray.get(ref)
+                results[i] = ray.get(ref, timeout=max(timeout_s - (time.perf_counter() - start), 1.0))
                 del pending[i]
+            except GetTimeoutError:
+                raise TimeoutError(f"rollout worker {i} did not finish its shard within {timeout_s:g} s") from None
             except (RayActorError, ActorDiedError):
                 self._restart(i)
                 pending[i] = self._submit(i, shards[i], group_size, sampling)

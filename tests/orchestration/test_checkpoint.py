@@ -102,3 +102,46 @@ def test_resume_records_the_overrides_it_applied(tmp_path, monkeypatch):
     train.record_resume(run, latest_checkpoint(run), [])
     rows = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
     assert [(r["checkpoint"], r["overrides"]) for r in rows] == [("step-2", ["train.steps=9"]), ("step-2", [])]
+
+
+def test_a_full_disk_at_a_checkpoint_ends_train_with_the_intact_checkpoint(tmp_path, monkeypatch, capsys):
+    """The loop of `train` around a checkpoint whose write fails (the actors are stubbed out):
+    exit status 1, a message naming the intact checkpoint, nothing partial on disk."""
+    from orchestration import train
+    from orchestration.train_parts import DevResult
+    from tests.tiny_data import build_tiny_data
+
+    dev = DevResult(quality=1.0, AL=1.0, LAAL=1.0, reward=0.0, empty=0, sentences=2, scorer="chrf")
+    calls = {"n": 0}
+
+    def fake_step(self):
+        self.cursor.next_batch(self.cfg.train.sources_per_step)
+        self.step += 1
+        return {"reward/quality_mean": 1.0, "reward/latency_mean": 1.0, "time/step_s": 0.0, "reward/mean": 0.0}
+
+    def parts(tmp):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            _full_disk()
+        (tmp / "learner").mkdir()
+
+    def fake_checkpoint(self):
+        return write_checkpoint(self.run_dir, self.step, {"weight_version": self.step, "cursor": self.cursor.state(),
+                                                          "history": self.history}, parts)
+
+    monkeypatch.setattr(train.Trainer, "start", lambda self: None)
+    monkeypatch.setattr(train.Trainer, "close", lambda self: self.log.close())
+    monkeypatch.setattr(train.Trainer, "train_step", fake_step)
+    monkeypatch.setattr(train.Trainer, "evaluate", lambda self, tag: dev)
+    monkeypatch.setattr(train.Trainer, "checkpoint", fake_checkpoint)
+    data = build_tiny_data(tmp_path / "data", n=6)
+    run = tmp_path / "run"
+    code = launch.main(["train", f"data.dir={data}", f"run.dir={run}", "model.path=some-hub-id", "train.steps=6",
+                        "train.checkpoint_every=2", "train.tensorboard=false"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"could not write checkpoint {run / 'checkpoints' / 'step-4'}" in err and "No space left on device" in err
+    assert f"the previous checkpoint {run / 'checkpoints' / 'step-2'} is intact" in err
+    assert f"launch.py train --resume {run}" in err
+    assert latest_checkpoint(run).name == "step-2"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-2"]

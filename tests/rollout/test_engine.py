@@ -150,7 +150,7 @@ def test_learner_scores_the_distribution_vllm_sampled(engine, tiny_model_dir, ti
 
 
 def test_seeded_sampling_depends_on_the_seed_not_the_batch(engine, tiny_model_dir, tiny_tokenizer):
-    """Seeded rollouts (the Gumbel-max logits processor) repeat exactly in another batch and
+    """Seeded rollouts (our sampling logits processor) repeat exactly in another batch and
     order; their log-probs are those of the distribution sampled from (top-p renormalised)."""
     import torch
     from transformers import AutoModelForCausalLM

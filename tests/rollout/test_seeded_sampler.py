@@ -1,5 +1,5 @@
-"""The Gumbel-max sampler: exact samples of softmax(top_p(logits / T)), a function of
-(seed, position) only, and the row bookkeeping of the vLLM logits-processor interface."""
+"""The seeded sampler: exact samples of softmax(top_p(logits / T)), a function of (seed,
+position) only, and the row bookkeeping of the vLLM logits-processor interface."""
 from __future__ import annotations
 
 import math
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import torch
 
 from rollout.runner import derive_seed
-from rollout.seeded_sampler import (SEED_KEY, TEMPERATURE_KEY, TOP_P_KEY, SeededGumbelSampler,
-                                    gumbel_perturb, top_p_mask)
+from rollout.seeded_sampler import (SEED_KEY, TEMPERATURE_KEY, TOP_P_KEY, SeededSampler, sample_index, sample_indices,
+                                    top_p_mask)
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, -1.0, 0.0])
 
@@ -25,7 +25,7 @@ def _target(temperature: float, top_p: float) -> torch.Tensor:
 def _frequencies(temperature: float, top_p: float, n: int = 6000) -> torch.Tensor:
     counts = torch.zeros(len(LOGITS))
     for seed in range(n):
-        counts[int(gumbel_perturb(LOGITS, seed, 0, temperature, top_p).argmax())] += 1
+        counts[sample_index(LOGITS, seed, 0, temperature, top_p)] += 1
     return counts / n
 
 
@@ -47,11 +47,16 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     assert torch.isfinite(top_p_mask(LOGITS, 1e-6)).tolist() == [True, False, False, False, False]
 
 
-def test_noise_depends_on_seed_and_position_only():
-    a = gumbel_perturb(LOGITS, 7, 3, 1.0, 1.0)
-    assert torch.equal(a, gumbel_perturb(LOGITS, 7, 3, 1.0, 1.0))
-    assert not torch.equal(a, gumbel_perturb(LOGITS, 7, 4, 1.0, 1.0))
-    assert not torch.equal(a, gumbel_perturb(LOGITS, 8, 3, 1.0, 1.0))
+def test_draws_depend_on_seed_and_position_only():
+    draws = [sample_index(LOGITS, 7, pos, 1.0, 1.0) for pos in range(40)]
+    assert draws == [sample_index(LOGITS, 7, pos, 1.0, 1.0) for pos in range(40)]
+    assert draws != [sample_index(LOGITS, 8, pos, 1.0, 1.0) for pos in range(40)]
+    assert len(set(draws)) > 2
+
+
+def test_a_flat_distribution_beyond_the_probe_finds_its_whole_nucleus():
+    flat = torch.zeros(3000)          # uniform over 3000 tokens: the 0.9 nucleus holds 2700 of them
+    assert int(torch.isfinite(top_p_mask(flat, 0.9)).sum()) == 2700
 
 
 def test_derive_seed_is_stable_and_distinguishes_parts():
@@ -69,19 +74,34 @@ def _params(seed=None):
     return SimpleNamespace(extra_args=extra)
 
 
+def _one_hot(token: int) -> torch.Tensor:
+    row = torch.full_like(LOGITS, float("-inf"))
+    row[token] = 0.0
+    return row
+
+
 def test_processor_follows_rows_through_batch_updates():
-    proc = SeededGumbelSampler(None, torch.device("cpu"), False)
+    proc = SeededSampler(None, torch.device("cpu"), False)
     out_a, out_b = [], [5, 6]
     proc.update_state(SimpleNamespace(batch_size=3, removed=[], moved=[],
                                       added=[(0, _params(11), [1], out_a), (1, _params(), [1], []),
                                              (2, _params(22), [1], out_b)]))
-    logits = LOGITS.repeat(3, 1)
-    got = proc.apply(logits.clone())
-    assert torch.equal(got[0], gumbel_perturb(LOGITS, 11, 0, 1.0, 1.0))
+    got = proc.apply(LOGITS.repeat(3, 1))
+    assert torch.equal(got[0], _one_hot(sample_index(LOGITS, 11, 0, 1.0, 1.0)))
     assert torch.equal(got[1], LOGITS)                       # an unseeded request is left alone
-    assert torch.equal(got[2], gumbel_perturb(LOGITS, 22, 2, 1.0, 1.0))
+    assert torch.equal(got[2], _one_hot(sample_index(LOGITS, 22, 2, 1.0, 1.0)))
     out_a.append(3)                                          # vLLM appends to the running list
     proc.update_state(SimpleNamespace(batch_size=2, removed=[0], added=[], moved=[(2, 0, None)]))
     got = proc.apply(LOGITS.repeat(2, 1))
-    assert torch.equal(got[0], gumbel_perturb(LOGITS, 22, 2, 1.0, 1.0)) and torch.equal(got[1], LOGITS)
+    assert torch.equal(got[0], _one_hot(sample_index(LOGITS, 22, 2, 1.0, 1.0))) and torch.equal(got[1], LOGITS)
     assert math.isfinite(float(got.max()))
+
+
+def test_a_row_draws_the_same_alone_and_in_any_batch():
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randn(6, 5000, generator=gen) * 2
+    seeds, positions = [3, 1, 4, 1, 5, 9], [0, 2, 7, 1, 8, 2]
+    together = sample_indices(batch, seeds, positions, [1.0] * 6, [1.0, 0.9, 1.0, 0.5, 1.0, 1.0])
+    alone = [sample_index(batch[i], seeds[i], positions[i], 1.0, [1.0, 0.9, 1.0, 0.5, 1.0, 1.0][i]) for i in range(6)]
+    flipped = sample_indices(batch.flip(0), seeds[::-1], positions[::-1], [1.0] * 6, [1.0, 0.9, 1.0, 0.5, 1.0, 1.0][::-1])
+    assert together == alone == flipped[::-1]
