@@ -23,6 +23,8 @@ COMMANDS = {
     **{f"ablations/{p.name}": "train" for p in (CONFIGS / "ablations").glob("*.yaml")},
     "bench/rollout-cpu.yaml": "bench-rollout",
     "bench/reward-chrf.yaml": "bench-reward",
+    "bench/train-cpu.yaml": "train",
+    "bench/scaling-cpu.yaml": "train",
     "bench/sft-cpu.yaml": "sft",
     "sft/demo-deen.yaml": "sft",
     "eval/newstest2015-deen-cpu.yaml": "eval",
@@ -34,7 +36,7 @@ COMMANDS = {
 def test_every_shipped_config_is_listed():
     shipped = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
     assert shipped == sorted(COMMANDS)
-    assert len(shipped) >= 17
+    assert len(shipped) >= 19
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
