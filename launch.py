@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure speed or metric quality; writes DIR/bench_<kind>.json")
     p.add_argument("kind", choices=sorted(BENCHMARKS), help="what to measure")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the JSON result")
+    p.add_argument("--sizes", metavar="WxR,...", help="bench scaling: rollout workers x learner ranks to run, "
+                                                     "e.g. 1x1,2x2 (the default)")
     _config_args(p)
     return parser
 
@@ -67,6 +69,8 @@ BENCHMARKS = {
     "rollout": "orchestration.bench_rollout:main",
     "reward": "orchestration.bench_reward:main",
     "sft": "orchestration.bench_sft:main",
+    "train": "orchestration.bench_train:main",
+    "scaling": "orchestration.bench_scaling:main",
 }
 
 

@@ -12,12 +12,20 @@ from dataclasses import dataclass, field
 class TrainTrajectory:
     """One trajectory. ``action_mask[k] == 1`` marks a sampled token; it is scored by the model's
     prediction at position k-1, so ``action_mask[0]`` must be 0. ``rollout_logprobs`` has one
-    value per token (the sampler's log-prob on action tokens, ignored elsewhere)."""
+    value per token (the sampler's log-prob on action tokens, ignored elsewhere).
+
+    ``temperature``/``top_p``/``top_k`` name the distribution the actions were drawn from; the
+    learner scores that same distribution (logits / temperature, then the nucleus / top-k
+    truncation renormalised), so ratios and the sampler mismatch compare like with like.
+    Greedy rollouts (temperature 0) are scored at temperature 1."""
 
     token_ids: list[int]
     action_mask: list[int]
     advantage: float
     rollout_logprobs: list[float]
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0            # 0 = no top-k truncation
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)
@@ -30,6 +38,14 @@ class TrainTrajectory:
             raise ValueError("action_mask[0] must be 0: the first token has no prediction")
         if any(m not in (0, 1) for m in self.action_mask):
             raise ValueError("action_mask holds 0/1 only")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
+            raise ValueError(f"sampling temperature={self.temperature} top_p={self.top_p} top_k={self.top_k}: "
+                             "need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+
+    @property
+    def scoring_temperature(self) -> float:
+        """The temperature the learner divides logits by (greedy decoding is scored at 1)."""
+        return self.temperature if self.temperature > 0 else 1.0
 
     @property
     def num_actions(self) -> int:

@@ -32,6 +32,9 @@ class LearnerConfig(BaseModel):
     num_gpus_per_rank: float = Field(0.0, ge=0.0, le=64.0, description="Ray GPUs reserved per rank (0 = CPU)")
     torch_threads: int | None = Field(
         None, ge=1, le=1024, description="intra-op threads per rank; null = the machine's cores / num_ranks")
+    cpu_cores: str | None = Field(
+        None, min_length=1, max_length=200, pattern=r"^[0-9,\-]+$",
+        description="pin every rank's process to these CPU cores, e.g. 1 or 2-3 (null = no pinning)")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0 = plain data parallel)")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="base-weight dtype (LoRA and optimizer state stay fp32); auto: as model.dtype's rule")
@@ -58,6 +61,10 @@ class LearnerConfig(BaseModel):
         True, description="divide group-centred rewards by the group std (false = Dr. GRPO)")
     loss_agg: Literal["token-mean", "seq-mean-token-mean"] = Field(
         "token-mean", description="loss aggregation over the global batch")
+    is_correction: Literal["none", "truncate", "mask"] = Field(
+        "none", description="off-policy correction by pi_old/pi_rollout per token: truncate at is_cap, "
+                            "mask outside [1/is_cap, is_cap], or none (weights still logged)")
+    is_cap: float = Field(2.0, ge=1.0, le=1e4, description="cap of the rollout importance weight (see is_correction)")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter (or full fine-tuning)")
 
     @property

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 
 Aggregation = Literal["token-mean", "seq-mean-token-mean"]
+ISCorrection = Literal["none", "truncate", "mask"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,44 @@ def group_advantages(rewards: torch.Tensor, scale_by_std: bool = True,
     return GroupAdvantages(advantages=centred.to(torch.float32), zero_groups=int(zero.sum()))
 
 
+@dataclass
+class ImportanceWeights:
+    weights: torch.Tensor     # [batch, seq] detached per-token factor on the policy-gradient term
+    raw: torch.Tensor         # [batch, seq] pi_old / pi_rollout before truncation or masking (1 off actions)
+    corrected: torch.Tensor   # bool [batch, seq]: action tokens whose weight was capped or masked
+
+
+def rollout_importance_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor,
+                               mode: ISCorrection, cap: float) -> ImportanceWeights:
+    """Token-level correction for sampling from another distribution than the learner's pi_old.
+
+    The sampler's policy differs from the learner's when rollouts ran on older weights
+    (overlapped training) or when vLLM's kernels disagree numerically with the learner's. The
+    per-token ratio w = pi_old / pi_rollout = exp(old_logp - rollout_logp) then reweights the
+    clipped objective:
+    - ``truncate``: min(w, cap), truncated importance sampling (bias traded for bounded variance);
+    - ``mask``: w where 1/cap <= w <= cap, else 0: tokens too far off-policy carry no gradient;
+    - ``none``: 1 everywhere (the weights are still reported).
+    Off-action positions get weight 0 and raw ratio 1. No gradient flows through the weights.
+    """
+    if cap < 1.0:
+        raise ValueError(f"importance-weight cap must be >= 1, got {cap}")
+    on = mask > 0
+    log_w = torch.where(on, old_logp.detach() - rollout_logp.detach(), torch.zeros_like(old_logp))
+    raw = torch.exp(log_w.clamp(max=80.0))   # exp(80) is finite in fp32; larger is capped anyway
+    if mode == "none":
+        weights, corrected = torch.ones_like(raw), torch.zeros_like(on)
+    elif mode == "truncate":
+        corrected = (raw > cap) & on
+        weights = raw.clamp(max=cap)
+    elif mode == "mask":
+        corrected = ((raw > cap) | (raw < 1.0 / cap)) & on
+        weights = torch.where(corrected, torch.zeros_like(raw), raw)
+    else:
+        raise ValueError(f"unknown importance-sampling correction {mode!r}; use none, truncate or mask")
+    return ImportanceWeights(weights=weights * on.to(raw.dtype), raw=raw, corrected=corrected)
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
     delta = ref_logp - logp
@@ -55,11 +94,13 @@ class TokenLoss:
 
 def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                     mask: torch.Tensor, clip_low: float, clip_high: float,
-                    kl_coef: float = 0.0, ref_logp: torch.Tensor | None = None) -> TokenLoss:
+                    kl_coef: float = 0.0, ref_logp: torch.Tensor | None = None,
+                    is_weights: torch.Tensor | None = None) -> TokenLoss:
     """Clipped policy-gradient loss per token plus ``kl_coef`` * k3 KL to the reference.
 
     ``logp``/``old_logp``/``ref_logp``/``mask`` are [batch, seq]; ``advantages`` is [batch]
-    (one value per trajectory, broadcast to its action tokens).
+    (one value per trajectory, broadcast to its action tokens). ``is_weights`` ([batch, seq],
+    from :func:`rollout_importance_weights`) multiplies the policy-gradient term only.
     """
     mask = mask.to(logp.dtype)
     on = mask > 0
@@ -70,6 +111,8 @@ def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     unclipped = -adv * ratio
     clipped_obj = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped_obj)
+    if is_weights is not None:
+        loss = loss * is_weights.detach().to(loss.dtype)
     clipped = (clipped_obj > unclipped) & on
     if kl_coef > 0.0:
         if ref_logp is None:
@@ -103,3 +146,10 @@ def aggregate_loss(token_loss: torch.Tensor, mask: torch.Tensor, mode: Aggregati
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     mask = mask.to(values.dtype)
     return float((values * mask).sum() / mask.sum().clamp(min=1.0))
+
+
+def informative_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """bool [num_groups]: groups whose rewards are not all equal (only these carry a gradient)."""
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be [num_groups, group_size], got shape {tuple(rewards.shape)}")
+    return (rewards.max(dim=1).values - rewards.min(dim=1).values) > 0

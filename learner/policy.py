@@ -74,8 +74,32 @@ def _decoder_and_head(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
+def truncate_logits(logits: torch.Tensor, top_p: torch.Tensor | None = None,
+                    top_k: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits with everything outside each row's top-k and nucleus set to -inf.
+
+    ``logits`` is [N, vocab] (already divided by the temperature), ``top_p`` [N] in (0, 1] and
+    ``top_k`` [N] (0 = off). The rule is the sampler's: keep the ``top_k`` largest logits, then drop
+    the least likely tokens whose cumulative probability stays within ``1 - top_p``; the most
+    likely token always survives. ``log_softmax`` of the result is the distribution sampled from.
+    """
+    vocab = logits.shape[-1]
+    ordered, order = logits.sort(dim=-1, descending=False)
+    if top_k is not None and bool((top_k > 0).any()):
+        k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab)).long()
+        kth = ordered.gather(1, (vocab - k).unsqueeze(1))
+        ordered = ordered.masked_fill(ordered < kth, float("-inf"))
+    if top_p is not None and bool((top_p < 1).any()):
+        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= (1.0 - top_p.to(cumulative.dtype)).unsqueeze(1)
+        drop[:, -1] = False
+        ordered = ordered.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, ordered)
+
+
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      token_mask: torch.Tensor | None = None) -> torch.Tensor:
+                      token_mask: torch.Tensor | None = None, temperature: torch.Tensor | None = None,
+                      top_p: torch.Tensor | None = None, top_k: torch.Tensor | None = None) -> torch.Tensor:
     """``out[b, k] = log p(input_ids[b, k] | input_ids[b, :k])`` in fp32, one forward for the batch.
 
     Right-padded [batch, seq] inputs. Only positions where ``token_mask`` (default:
@@ -83,6 +107,9 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     once; the lm_head sees only the gathered (contiguous) hidden states of the positions that
     predict a scored token: a bf16 GEMM on a non-contiguous input is ~10x slower on CPU
     (DESIGN §4), and the [tokens, vocab] logits are the largest activation.
+
+    ``temperature``/``top_p``/``top_k`` ([batch], optional) score the distribution the sampler
+    drew from (vLLM's processed log-probs): logits / temperature, then :func:`truncate_logits`.
     """
     decoder, head = _decoder_and_head(model)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
@@ -90,6 +117,13 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     rows, cols = wanted[:, 1:].nonzero(as_tuple=True)      # cols = k - 1: the predicting position
     logits = head(hidden[rows, cols]).float()               # advanced indexing copies: contiguous
     targets = input_ids[rows, cols + 1]
+    if temperature is not None:
+        logits = logits / temperature.to(logits.device, logits.dtype)[rows].unsqueeze(-1)
+    narrow_p = top_p is not None and bool((top_p < 1).any())
+    narrow_k = top_k is not None and bool((top_k > 0).any())
+    if narrow_p or narrow_k:
+        logits = truncate_logits(logits, top_p.to(logits.device)[rows] if narrow_p else None,
+                                 top_k.to(logits.device)[rows] if narrow_k else None)
     picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     return out.index_put((rows, cols + 1), picked)
@@ -107,19 +141,23 @@ class PolicyLogprobs(torch.nn.Module):
         self.policy = policy
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_mask: torch.Tensor | None = None, reference: bool = False) -> torch.Tensor:
+                token_mask: torch.Tensor | None = None, reference: bool = False,
+                temperature: torch.Tensor | None = None, top_p: torch.Tensor | None = None,
+                top_k: torch.Tensor | None = None) -> torch.Tensor:
         if reference and not is_peft(self.policy):
             raise ValueError("reference scoring through the policy needs a LoRA adapter to disable")
         ctx = self.policy.disable_adapter() if reference else nullcontext()
         with ctx:
-            return sequence_logprobs(self.policy, input_ids, attention_mask, token_mask)
+            return sequence_logprobs(self.policy, input_ids, attention_mask, token_mask,
+                                     temperature, top_p, top_k)
 
 
 def collate(batch: TrainBatch | Sequence[TrainTrajectory], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-pad trajectories into tensors.
 
     Returns ``input_ids`` [B, T] long, ``attention_mask`` [B, T] long, ``action_mask`` [B, T]
-    float32, ``advantages`` [B] float32, ``rollout_logprobs`` [B, T] float32 (0 off actions).
+    float32, ``advantages`` [B] float32, ``rollout_logprobs`` [B, T] float32 (0 off actions), and
+    the sampling distribution per row: ``temperature`` [B], ``top_p`` [B], ``top_k`` [B] long.
     """
     trajs = batch.trajectories if isinstance(batch, TrainBatch) else list(batch)
     if not trajs:
@@ -137,7 +175,10 @@ def collate(batch: TrainBatch | Sequence[TrainTrajectory], pad_id: int = 0) -> d
         lps[i, :n] = torch.tensor(t.rollout_logprobs, dtype=torch.float32) * act[i, :n]
     adv = torch.tensor([float(t.advantage) for t in trajs], dtype=torch.float32)
     return {"input_ids": ids, "attention_mask": attn, "action_mask": act,
-            "advantages": adv, "rollout_logprobs": lps}
+            "advantages": adv, "rollout_logprobs": lps,
+            "temperature": torch.tensor([t.scoring_temperature for t in trajs], dtype=torch.float32),
+            "top_p": torch.tensor([float(t.top_p) for t in trajs], dtype=torch.float32),
+            "top_k": torch.tensor([int(t.top_k) for t in trajs], dtype=torch.long)}
 
 
 def pad_rows(rows: Iterable[torch.Tensor], length: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 
 from learner.batch import TrainBatch, TrainTrajectory
 from learner.config import LearnerConfig
-from learner.grpo import aggregate_loss, grpo_token_loss
+from learner.grpo import aggregate_loss, grpo_token_loss, rollout_importance_weights
 from learner.policy import collate, pad_rows
 
 
@@ -52,28 +52,40 @@ class StepSettings:
     ppo_epochs: int = 1
     num_minibatches: int = 1
     micro_batch_size: int = 8
+    is_correction: str = "none"
+    is_cap: float = 2.0
 
     @classmethod
     def from_config(cls, cfg: LearnerConfig) -> "StepSettings":
         return cls(cfg.clip_low, cfg.clip_high, cfg.kl_beta, cfg.loss_agg, cfg.ppo_epochs,
-                   cfg.num_minibatches, cfg.micro_batch_size)
+                   cfg.num_minibatches, cfg.micro_batch_size, cfg.is_correction, cfg.is_cap)
 
 
 # Sums reduced over ranks at the end of a step (index -> metric accumulator).
 _SUMS = ("loss", "tokens_seen", "kl", "clipped", "ratio", "logprob", "mismatch", "mismatch_tokens",
-         "forward_tokens", "padded_tokens")
-_MAXES = ("ratio_max", "neg_ratio_min", "mismatch_max")
+         "forward_tokens", "padded_tokens", "is_weight", "is_raw", "is_corrected")
+_MAXES = ("ratio_max", "neg_ratio_min", "mismatch_max", "is_raw_max")
 
 
 def micro_batch_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
                      advantages: torch.Tensor, action_mask: torch.Tensor, settings: StepSettings,
-                     global_tokens: int, global_sequences: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """This micro-batch's share of the global minibatch loss, and detached metric sums."""
+                     global_tokens: int, global_sequences: int,
+                     rollout_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This micro-batch's share of the global minibatch loss, and detached metric sums.
+
+    With ``rollout_logp`` (the sampler's log-probs) the policy-gradient term is reweighted by
+    ``settings.is_correction`` (see :func:`learner.grpo.rollout_importance_weights`).
+    """
     kl_coef = settings.kl_beta if ref_logp is not None else 0.0
-    out = grpo_token_loss(logp, old_logp, advantages, action_mask, settings.clip_low, settings.clip_high,
-                          kl_coef=kl_coef, ref_logp=ref_logp)
-    loss = aggregate_loss(out.loss, action_mask, settings.loss_agg, global_tokens, global_sequences)
     on = action_mask > 0
+    iw = None
+    if rollout_logp is not None:
+        iw = rollout_importance_weights(old_logp, rollout_logp, action_mask, settings.is_correction,
+                                        settings.is_cap)
+    out = grpo_token_loss(logp, old_logp, advantages, action_mask, settings.clip_low, settings.clip_high,
+                          kl_coef=kl_coef, ref_logp=ref_logp,
+                          is_weights=iw.weights if iw is not None and settings.is_correction != "none" else None)
+    loss = aggregate_loss(out.loss, action_mask, settings.loss_agg, global_tokens, global_sequences)
     ratio = out.ratio.detach()
     stats = {
         "loss": loss.detach().double(),
@@ -85,6 +97,11 @@ def micro_batch_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch
         "ratio_max": ratio[on].max().double() if on.any() else torch.tensor(-math.inf, dtype=torch.float64),
         "neg_ratio_min": (-ratio[on]).max().double() if on.any() else torch.tensor(-math.inf, dtype=torch.float64),
     }
+    if iw is not None:
+        stats["is_weight"] = iw.weights[on].sum().double()
+        stats["is_raw"] = iw.raw[on].sum().double()
+        stats["is_corrected"] = iw.corrected.sum().double()
+        stats["is_raw_max"] = iw.raw[on].max().double() if on.any() else torch.tensor(-math.inf, dtype=torch.float64)
     return loss, stats
 
 
@@ -180,7 +197,7 @@ def grpo_step(trainer: Trainer, shard: TrainBatch, settings: StepSettings,
                 old_logp = pad_rows((old[i] for i in idx), width).to(dev) if old is not None else logp.detach()
                 ref_logp = pad_rows((ref[i] for i in idx), width).to(dev) if ref is not None else None
                 loss, stats = micro_batch_loss(logp, old_logp, ref_logp, inputs["advantages"].to(dev), mask,
-                                               settings, tokens, seqs)
+                                               settings, tokens, seqs, inputs["rollout_logprobs"].to(dev))
                 trainer.backward(loss * (weight * trainer.world_size), boundary=m == len(plan) - 1)
                 if not weight:
                     continue
@@ -218,6 +235,11 @@ def grpo_step(trainer: Trainer, shard: TrainBatch, settings: StepSettings,
         "grad_norm_max": max(grad_norms),
         "logprob_mismatch": s["mismatch"] / max(s["mismatch_tokens"], 1.0),
         "logprob_mismatch_max": max(mx["mismatch_max"], 0.0),
+        # pi_old / pi_rollout per action token, over every update of the batch
+        "is_weight_mean": s["is_weight"] / seen,
+        "is_ratio_mean": s["is_raw"] / seen,
+        "is_ratio_max": max(mx["is_raw_max"], 0.0),
+        "is_corrected_frac": s["is_corrected"] / seen,
         "tokens": float(sum(c[0] for c in counts)),
         "sequences": float(sum(c[1] for c in counts)),
         "forward_tokens": s["forward_tokens"],

@@ -39,6 +39,15 @@ def rank_threads(cfg: LearnerConfig) -> int:
     return cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.num_ranks)
 
 
+def parse_cores(spec: str) -> set[int]:
+    """``"1"``, ``"0-3"`` or ``"0,2-3"`` as a set of core numbers."""
+    cores: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cores.update(range(int(lo), int(hi or lo) + 1))
+    return cores
+
+
 def worker_options(cfg: LearnerConfig) -> dict[str, Any]:
     """Ray ``.options(...)`` for a rank (the driver adds its placement-group strategy)."""
     env = {"OMP_NUM_THREADS": str(rank_threads(cfg)), "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR)}
@@ -77,6 +86,8 @@ class Learner:
                           # Ray gives each GPU actor its own device as cuda:0
                           LOCAL_RANK="0")
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_DIR))
+        if self.cfg.cpu_cores is not None:   # e.g. learner and rollout on disjoint cores (bench train)
+            os.sched_setaffinity(0, parse_cores(self.cfg.cpu_cores))
         torch.set_num_threads(rank_threads(self.cfg))
         import deepspeed
 
@@ -102,12 +113,13 @@ class Learner:
         ids = inputs["input_ids"].to(self.device)
         attn = inputs["attention_mask"].to(self.device)
         mask = inputs["action_mask"].to(self.device)
+        dist = {k: inputs[k].to(self.device) for k in ("temperature", "top_p", "top_k") if k in inputs}
         if reference and self.reference is not None:
             with torch.no_grad():
-                return sequence_logprobs(self.reference, ids, attn, mask)
+                return sequence_logprobs(self.reference, ids, attn, mask, **dist)
         self.engine.train(grad)   # train mode only for the gradient pass (dropout, checkpointing)
         with torch.set_grad_enabled(grad):
-            return self.engine(ids, attn, mask, reference=reference)
+            return self.engine(ids, attn, mask, reference=reference, **dist)
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
         self.engine.set_gradient_accumulation_boundary(boundary)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import model_validator, BaseModel, ConfigDict, Field
 
 from learner.config import LearnerConfig
 from reward.config import RewardConfig
@@ -33,12 +33,17 @@ class DataConfig(_Section):
 
     dir: str | None = Field(None, min_length=1, max_length=1000,
                             description="data directory; null = $SIMULRL_DATA, else ../shared/data")
-    train: str = Field("wmt17-20_news_deen", min_length=1, max_length=100,
-                       description="training set name (see `launch.py datasets`)")
-    dev: str = Field("flores200_dev_deen", min_length=1, max_length=100,
-                     description="held-out set for periodic evaluation during training")
-    test: str = Field("newstest2015_deen", min_length=1, max_length=100,
-                      description="test set for evaluation commands")
+    train: str = Field("wmt17-20_news_deen", min_length=1, max_length=1000,
+                       description="training set: a name (`launch.py datasets`), a folder with src.txt/ref.txt, "
+                                   "or a .jsonl/.tsv file")
+    dev: str = Field("flores200_dev_deen", min_length=1, max_length=1000,
+                     description="held-out set for periodic evaluation during training (name, folder or file)")
+    test: str = Field("newstest2015_deen", min_length=1, max_length=1000,
+                      description="test set for evaluation commands (name, folder or file)")
+    src_lang: str | None = Field(None, min_length=2, max_length=3, pattern=r"^[a-z]{2,3}$",
+                                 description="source language of a folder/file set whose name does not say it")
+    tgt_lang: str | None = Field(None, min_length=2, max_length=3, pattern=r"^[a-z]{2,3}$",
+                                 description="target language of a folder/file set whose name does not say it")
     limit: int | None = Field(None, ge=1, le=10_000_000,
                               description="use at most this many pairs of a set (after shuffling)")
     shuffle: bool = Field(True, description="shuffle training pairs with run.seed")
@@ -82,6 +87,25 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(4, ge=0, le=1_000_000,
                                   description="checkpoint every N steps (and always at the end); 0 = only at the end")
     tensorboard: bool = Field(True, description="also write TensorBoard event files")
+    save_rollouts: bool = Field(False, description="also write each step's trajectories to rollouts/step-N.jsonl")
+    call_timeout_s: float = Field(3600.0, gt=0.0, le=7 * 86400.0,
+                                  description="longest one learner or rollout call may take before the run stops")
+    mode: Literal["sync", "one_step_off", "async"] = Field(
+        "sync", description="sync: rollout then update; one_step_off: batch t+1 is rolled out during update t "
+                            "(one version stale); async: up to max_staleness batches ahead")
+    max_staleness: int = Field(1, ge=1, le=64, description="async: most weight versions a trained batch may lag")
+    filter_zero_advantage: bool = Field(
+        False, description="drop groups whose rewards are all equal (no gradient) before the update")
+    fill_rounds: int = Field(
+        0, ge=0, le=64, description="with filter_zero_advantage: extra rollouts of new sources to replace "
+                                    "dropped groups, at most this many per step")
+
+    @model_validator(mode="after")
+    def _fill_needs_sync(self) -> "TrainConfig":
+        # a fill round draws from the data cursor, which a rollout ahead of the learner also draws from
+        if self.fill_rounds and (not self.filter_zero_advantage or self.mode != "sync"):
+            raise ValueError("train.fill_rounds > 0 needs train.filter_zero_advantage=true and train.mode=sync")
+        return self
 
 
 class RootConfig(_Section):

@@ -35,6 +35,11 @@ class DataCursor:
                 self.epoch, self.position = self.epoch + 1, 0
         return out
 
+    @property
+    def draws(self) -> int:
+        """How many indices have been drawn so far: the id of the next draw."""
+        return self.epoch * self.size + self.position
+
     def state(self) -> dict[str, int]:
         return asdict(self)
 

@@ -3,6 +3,9 @@
 Every set is a pair of aligned, UTF-8, one-segment-per-line files under one data directory
 (``data.dir`` > ``$SIMULRL_DATA`` > ``../shared/data`` next to the repository). A set name
 fixes the direction: ``newstest2015_ende`` reads the files of ``newstest2015_deen`` swapped.
+A user's own set is a path instead of a name: a folder with ``src.txt``/``ref.txt``, or one
+JSONL (``{"source": ..., "reference": ...}``) or TSV (source TAB reference) file; its
+languages come from its name (``talks_deen``) or ``data.src_lang``/``data.tgt_lang``.
 
 Loading validates the whole of both files before returning anything, so a bad line fails
 the command at start-up with ``path:line: what`` instead of hours into a run. Every such
@@ -136,7 +139,8 @@ def get_spec(name: str) -> DatasetSpec:
         return spec
     close = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise UserInputError(f"unknown data set {name!r}{hint}; `launch.py datasets` lists the known names")
+    raise UserInputError(f"unknown data set {name!r}{hint}; `launch.py datasets` lists the known names "
+                         f"(your own data: a folder with src.txt/ref.txt or a .jsonl/.tsv file path)")
 
 
 # --- data directory -------------------------------------------------------------------------
@@ -168,8 +172,8 @@ def source_units(text: str, lang: str) -> int:
     return count_units(text, unit_of(lang))
 
 
-def _read_segments(path: Path) -> list[str]:
-    """All segments of ``path``: UTF-8, split on LF only, each stripped; errors name the line."""
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of ``path``: UTF-8 (errors name the line), split on LF only, no BOM."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -188,6 +192,12 @@ def _read_segments(path: Path) -> list[str]:
         lines.pop()  # the final newline ends the last line; it does not start a new one
     if lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]  # a byte-order mark some editors add is not part of the text
+    return lines
+
+
+def _read_segments(path: Path) -> list[str]:
+    """All segments of ``path``: UTF-8, split on LF only, each stripped; errors name the line."""
+    lines = read_text_lines(path)
     # Surrounding whitespace (a few published lines have it, and "\r" of CRLF files) would
     # become a spurious first/last chunk of a streamed source and part of the prompt.
     segments = [line.strip() for line in lines]
@@ -199,19 +209,26 @@ def _read_segments(path: Path) -> list[str]:
 
 
 def _validated_pairs(spec: DatasetSpec, src_path: Path, ref_path: Path, max_units: int) -> list[Pair]:
-    sources = _read_segments(src_path)
-    references = _read_segments(ref_path)
-    if len(sources) != len(references):
-        raise UserInputError(f"{src_path} has {len(sources)} lines but {ref_path} has {len(references)}; "
-                             f"source and reference files must be aligned line by line")
+    if src_path == ref_path:   # one JSONL/TSV file holds both sides
+        from orchestration.user_data import read_pair_file
+
+        sources, references = read_pair_file(src_path)
+        fix = "remove that line"
+    else:
+        sources = _read_segments(src_path)
+        references = _read_segments(ref_path)
+        fix = "remove that line from both files"
+        if len(sources) != len(references):
+            raise UserInputError(f"{src_path} has {len(sources)} lines but {ref_path} has {len(references)}; "
+                                 f"source and reference files must be aligned line by line")
     if not sources:
         raise UserInputError(f"{src_path}: no segments; data set {spec.name} is empty")
-    unit = "characters" if spec.src_lang == "zh" else "words"
+    unit = "characters" if unit_of(spec.src_lang) == "char" else "words"
     for i, source in enumerate(sources):
         n = source_units(source, spec.src_lang)
         if n > max_units:
             raise UserInputError(f"{src_path}:{i + 1}: source has {n} units ({unit}), more than "
-                                 f"data.max_source_units={max_units}; raise the limit or remove that line from both files")
+                                 f"data.max_source_units={max_units}; raise the limit or {fix}")
     return [Pair(i, s, r) for i, (s, r) in enumerate(zip(sources, references))]
 
 
@@ -245,6 +262,13 @@ def load_pairs(name: str, data_cfg: DataConfig, *, seed: int, purpose: Role,
     """Read and validate the set ``name`` for ``purpose``; then shuffle with ``seed`` and keep ``limit``."""
     if purpose not in ROLES:
         raise ValueError(f"purpose must be one of {ROLES}, not {purpose!r}")
+    from orchestration.user_data import is_user_set, user_spec
+
+    if is_user_set(name):
+        spec = user_spec(name, data_cfg, purpose)
+        src_path, ref_path = Path(spec.src_file), Path(spec.ref_file)
+        pairs = _validated_pairs(spec, src_path, ref_path, data_cfg.max_source_units)
+        return _finish(spec, pairs, src_path, ref_path, seed, limit, shuffle)
     spec = get_spec(name)
     if purpose == "train" and spec.role != "train":
         raise UserInputError(f"data set {name!r} is a {spec.role} set and evaluation sets are never used for "
@@ -261,6 +285,11 @@ def load_pairs(name: str, data_cfg: DataConfig, *, seed: int, purpose: Role,
         raise UserInputError(f"{missing[0]}: file not found (data set {name}); {how}, or point data.dir=PATH "
                              f"or {DATA_ENV}=PATH at another data directory")
     pairs = _validated_pairs(spec, src_path, ref_path, data_cfg.max_source_units)
+    return _finish(spec, pairs, src_path, ref_path, seed, limit, shuffle)
+
+
+def _finish(spec: DatasetSpec, pairs: list[Pair], src_path: Path, ref_path: Path, seed: int,
+            limit: int | None, shuffle: bool) -> Dataset:
     if shuffle:
         random.Random(seed).shuffle(pairs)
     if limit is not None:

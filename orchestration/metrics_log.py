@@ -9,7 +9,7 @@ from typing import Any
 from orchestration.runtime import save_figure_atomic
 
 CURVES = (("reward/quality_mean", "quality"), ("reward/latency_mean", "latency (AL)"),
-          ("learner/kl", "KL"), ("learner/clip_fraction", "clip fraction"),
+          ("learner/kl", "KL"), ("learner/clip_frac", "clip fraction"),
           ("time/step_s", "seconds per step"), ("dev/reward", "dev reward"))
 
 

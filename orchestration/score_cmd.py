@@ -4,7 +4,8 @@ Input: JSON lines in the format of SimulEval's ``instances.log``, one instance a
 
     {"index": 0, "source_length": 7, "delays": [3, 4, 5], "prediction": "a b c", "reference": "a b c d"}
 
-``source_length`` and ``delays`` are numbers (source units, or milliseconds for speech input),
+``source_length`` and ``delays`` are numbers (source units, or milliseconds for speech input);
+delays never decrease and never exceed ``source_length``,
 ``prediction`` a string with one delay per unit in ``--latency-unit``; ``reference`` (string or
 null), ``index`` (integer) and ``elapsed`` (one number per delay, in the unit of ``delays``:
 SimulEval's computation-aware timestamps) are optional. Output on stdout::
@@ -85,6 +86,14 @@ def _parse_line(text: str, where: str, position: int, unit: Unit) -> ScoredInsta
         raise UserInputError(f"{where}: 'delays' must be a list of finite numbers")
     if any(d < 0 for d in delays):
         raise UserInputError(f"{where}: 'delays' must not contain negative values")
+    # A policy only ever reads more source: delays never decrease and never pass the source.
+    for i in range(1, len(delays)):
+        if delays[i] < delays[i - 1]:
+            raise UserInputError(f"{where}: 'delays' decrease at position {i + 1} ({delays[i - 1]!r} then "
+                                 f"{delays[i]!r}); a simultaneous policy never unreads source")
+    if delays and max(delays) > source_length:
+        raise UserInputError(f"{where}: delay {max(delays)!r} is beyond 'source_length' {source_length!r}; "
+                             f"a policy cannot read more source than there is")
     if not isinstance(prediction, str):
         raise UserInputError(f"{where}: 'prediction' must be a string, got {type(prediction).__name__}")
     if reference is not None and not isinstance(reference, str):

@@ -7,20 +7,25 @@ periodic dev evaluation → checkpoint. Every step logs its components and timin
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from orchestration.checkpoint import latest_checkpoint, read_driver_state, write_checkpoint
+from orchestration.checkpoint import (CheckpointWriteError, check_writable, latest_checkpoint, read_driver_state,
+                                      write_checkpoint)
 from orchestration.config import RootConfig
 from orchestration.config_loader import load_config, resolve_run_dir, write_resolved_config
 from orchestration.cursor import DataCursor
 from orchestration.data import Dataset, load_pairs, source_units
 from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog, plot_curves
+from orchestration.overlap import RolloutAhead, depth_of
 from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.train_parts import (DevResult, build_learners, evaluate_dev, group_metrics,
-                                       learner_batch, policy_path, reward_groups, sync_names, to_sources)
+                                       learner_batch, policy_path, reward_groups, save_rollouts, seed_torch,
+                                       sync_names, to_sources, wait_ranks)
+from orchestration.train_parts import RunStopped, resume_hint
 
 
 def load_training_data(cfg: RootConfig) -> tuple[Dataset, list, Dataset]:
@@ -53,11 +58,13 @@ class Trainer:
     def __init__(self, cfg: RootConfig, run_dir: Path, resume: bool = False):
         self.cfg, self.run_dir = cfg, run_dir
         self.train_set, self.train_pairs, self.dev_set = load_training_data(cfg)
+        check_writable(run_dir, "--resume" if resume else "run.dir")   # before anything is created there
         self.cursor = DataCursor(size=len(self.train_pairs), seed=cfg.run.seed)
         self.step, self.version = 0, 0
         self.history: dict[str, Any] = {}
         self.log = MetricsLog(run_dir, tensorboard=cfg.train.tensorboard)
         self._resume_from = latest_checkpoint(run_dir) if resume else None
+        self._stale_redone = 0
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -73,6 +80,8 @@ class Trainer:
         self.reward = RewardClient(cfg.reward.settings())
         self.reward.wait_ready()
         self.sync_names = sync_names(cfg, self.learners)
+        self.ahead = RolloutAhead(self._produce, depth_of(cfg.train.mode, cfg.train.max_staleness),
+                                  timeout_s=cfg.train.call_timeout_s)
         self.startup_s = time.perf_counter() - t0
         if self._resume_from is not None:
             self._restore(self._resume_from)
@@ -81,16 +90,28 @@ class Trainer:
         return policy_path(self.cfg)
 
     def _restore(self, ckpt: Path) -> None:
-        import ray
-
         state = read_driver_state(ckpt)
-        ray.get([lw.load_checkpoint.remote(str(ckpt / "learner")) for lw in self.learners])
+        self._learner_call("load_checkpoint", str(ckpt / "learner"))
         self.step, self.version = state["step"], state["weight_version"]
         self.cursor = DataCursor.from_state(state["cursor"])
         self.history = state.get("history", {})
-        self.log.truncate_after(self.step)
+        # batches rolled out ahead of the learner when the checkpoint was taken: trained next, not redrawn
+        self.ahead.restore({int(k): v for k, v in state.get("ahead", {}).items()})
+        self.log.truncate_after(self.step)   # steps after the checkpoint (a killed run's) are redone
         self.sync(self.version)
         print(f"resumed from {ckpt} at step {self.step} (weight version {self.version})")
+
+    def _learner_call(self, method: str, *args: Any, per_rank: list[tuple] | None = None,
+                      what: str | None = None) -> list[Any]:
+        """``method`` on every learner rank at once (they are collective). A rank that dies or
+        hangs ends the run with a message naming it and the checkpoint to resume from."""
+        calls = per_rank if per_rank is not None else [args] * len(self.learners)
+        refs = [getattr(lw, method).remote(*a) for lw, a in zip(self.learners, calls)]
+        try:
+            return wait_ranks(refs, what or method, self.cfg.train.call_timeout_s, self.run_dir)
+        except RunStopped:
+            self._learners_broken = True   # the others wait in a collective: close() kills them
+            raise
 
     # --- one step ------------------------------------------------------------------------------
 
@@ -106,53 +127,164 @@ class Trainer:
         return {"time/sync_s": time.perf_counter() - t0, "time/sync_export_s": export_s,
                 "time/sync_load_s": info["seconds"]}
 
-    def train_step(self) -> dict[str, Any]:
-        import ray
+    def _plan(self, step: int) -> list:
+        """The sources of ``step``: the next draws of the cursor, seeded by (seed, step, draw)."""
+        from rollout.runner import derive_seed
 
-        from learner.grpo import group_advantages
+        cfg = self.cfg
+        first_draw = self.cursor.draws
+        idx = self.cursor.next_batch(cfg.train.sources_per_step)
+        draws = [first_draw + k for k in range(len(idx))]   # unique group ids: a pair may come twice
+        seeds = [derive_seed(cfg.run.seed, step, d) for d in draws]
+        return to_sources([self.train_pairs[i] for i in idx], self.train_set, draws, seeds)
+
+    def _produce(self, step: int) -> dict[str, Any]:
+        """Plan and roll out ``step`` (in the background thread under ``one_step_off``/``async``)."""
+        from dataclasses import asdict
+
+        sources = self._plan(step)
+        t0 = time.perf_counter()
+        trajs, rstats = self._pool_rollout(sources)
+        return {"sources": [asdict(s) for s in sources], "trajectories": trajs, "stats": rstats,
+                "rollout_s": time.perf_counter() - t0}
+
+    def _pool_rollout(self, sources: list) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         from rollout.runner import Sampling
 
-        cfg, t_step = self.cfg, time.perf_counter()
-        idx = self.cursor.next_batch(cfg.train.sources_per_step)
-        sources = to_sources([self.train_pairs[i] for i in idx], self.train_set)
+        sp = self.cfg.rollout.sampling
+        try:
+            return self.rollout.rollout(sources, sp.group_size, Sampling(sp.temperature, sp.top_p),
+                                        timeout_s=self.cfg.train.call_timeout_s)
+        except TimeoutError as exc:
+            raise RunStopped(f"{exc} (train.call_timeout_s); the run stopped. {resume_hint(self.run_dir)}") from None
+
+    def _max_lag(self) -> int:
+        mode = self.cfg.train.mode
+        return 0 if mode == "sync" else 1 if mode == "one_step_off" else self.cfg.train.max_staleness
+
+    def _take(self, step: int) -> dict[str, Any]:
+        """Batch ``step``, checked to be at most ``_max_lag()`` weight versions behind."""
+        batch = self.ahead.take(step)
+        versions = {t["meta"]["weight_version"] for t in batch["trajectories"]}
+        too_old = {v for v in versions if self.version - v > self._max_lag()}
+        if too_old and self.cfg.train.mode == "async":
+            # timing let this batch fall behind: roll its sources out again on the current weights
+            self._stale_redone += 1
+            batch = self._rollout_sources(batch["sources"])
+            versions = {t["meta"]["weight_version"] for t in batch["trajectories"]}
+            too_old = {v for v in versions if self.version - v > self._max_lag()}
+        if too_old or any(v > self.version for v in versions):
+            raise RuntimeError(f"rollout ran on weight version(s) {sorted(versions)} with the learner at "
+                               f"{self.version} (train.mode={self.cfg.train.mode}, lag allowed {self._max_lag()})")
+        return batch
+
+    def _rollout_sources(self, sources: list[dict[str, Any]]) -> dict[str, Any]:
+        from rollout.runner import Source
+
+        srcs = [Source(**s) for s in sources]
         t0 = time.perf_counter()
-        sp = cfg.rollout.sampling
-        trajs, rstats = self.rollout.rollout(sources, sp.group_size, Sampling(sp.temperature, sp.top_p))
-        rollout_s = time.perf_counter() - t0
-        stale = {t["meta"]["weight_version"] for t in trajs} - {self.version}
-        if stale:
-            raise RuntimeError(f"rollout ran on weight version(s) {sorted(stale)}, expected {self.version}")
-        t0 = time.perf_counter()
-        scored = self.reward.score(reward_groups(trajs, sources, sp.group_size))
-        reward_s = time.perf_counter() - t0
+        with self.ahead.exclusive():
+            trajs, rstats = self._pool_rollout(srcs)
+        return {"sources": sources, "trajectories": trajs, "stats": rstats, "rollout_s": time.perf_counter() - t0}
+
+    def _score(self, sources: list, trajs: list[dict[str, Any]]):
         import torch
 
+        from learner.grpo import group_advantages
+
+        scored = self.reward.score(reward_groups(trajs, sources, self.cfg.rollout.sampling.group_size))
         rewards = torch.tensor([g.rewards for g in scored.groups], dtype=torch.float64)
-        ga = group_advantages(rewards, scale_by_std=cfg.learner.std_normalize)
-        zero_groups = ga.zero_groups
-        batch = learner_batch(trajs, ga.advantages.flatten().tolist())
+        return scored, rewards, group_advantages(rewards, scale_by_std=self.cfg.learner.std_normalize)
+
+    def train_step(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from learner.grpo import informative_groups
+        from rollout.runner import Source, derive_seed
+
+        cfg, t_step = self.cfg, time.perf_counter()
+        step = self.step + 1
         t0 = time.perf_counter()
-        shards = batch.split(len(self.learners))
-        counts = batch.counts()
-        results = ray.get([lw.train_step.remote(shard, counts) for lw, shard in zip(self.learners, shards)])
+        batch = self._take(step)
+        self.ahead.prefetch(step + 1, cfg.train.steps)   # overlaps this step's update (not in sync mode)
+        wait_s = time.perf_counter() - t0
+        sources = [Source(**d) for d in batch["sources"]]
+        trajs, rstats = batch["trajectories"], batch["stats"]
+        group = cfg.rollout.sampling.group_size
+        t0 = time.perf_counter()
+        scored, rewards, ga = self._score(sources, trajs)
+        reward_s = time.perf_counter() - t0
+        zero_groups = ga.zero_groups
+        advantages = ga.advantages.flatten().tolist()
+        keep_sources, keep_trajs, keep_adv = sources, trajs, advantages
+        filtered: dict[str, float] = {}
+        if cfg.train.filter_zero_advantage:
+            keep = informative_groups(rewards).tolist()
+            drawn, dropped, rounds = len(sources), keep.count(False), 0
+            keep_sources = [s for s, k in zip(sources, keep) if k]
+            keep_trajs = [t for g, k in enumerate(keep) if k for t in trajs[g * group:(g + 1) * group]]
+            keep_adv = [a for g, k in enumerate(keep) if k for a in advantages[g * group:(g + 1) * group]]
+            while len(keep_sources) < len(sources) and rounds < cfg.train.fill_rounds:
+                rounds += 1   # replace dropped groups with fresh draws (same seeding rule, round-tagged step)
+                extra = self._plan(step)[: len(sources) - len(keep_sources)]   # fresh draws, own seeds
+                more = self._rollout_sources([asdict(s) for s in extra])
+                sc2, rw2, ga2 = self._score(extra, more["trajectories"])
+                ok = informative_groups(rw2).tolist()
+                drawn += len(extra)
+                dropped += ok.count(False)
+                adv2 = ga2.advantages.flatten().tolist()
+                for g, k in enumerate(ok):
+                    if k:
+                        keep_sources.append(extra[g])
+                        keep_trajs.extend(more["trajectories"][g * group:(g + 1) * group])
+                        keep_adv.extend(adv2[g * group:(g + 1) * group])
+            filtered = {"train/groups_drawn": drawn, "train/groups_dropped": dropped, "train/fill_rounds": rounds,
+                        "train/groups_trained": len(keep_sources)}
+        results: list[dict[str, Any]] = [{}]
+        t0 = time.perf_counter()
+        if len(keep_trajs) >= len(self.learners):
+            train_batch = learner_batch(keep_trajs, keep_adv)
+            shards = train_batch.split(len(self.learners))
+            counts = train_batch.counts()
+            # dropout and any other learner randomness: a function of (seed, step, rank), not history
+            self._learner_call("__ray_call__", what="train_step (seeding)",
+                               per_rank=[(seed_torch, derive_seed(cfg.run.seed, step, "learner", r))
+                                         for r in range(len(self.learners))])
+            results = self._learner_call("train_step", per_rank=[(shard, counts) for shard in shards])
         learn_s = time.perf_counter() - t0
-        sync = self.sync(self.version + 1)
-        self.step += 1
-        m: dict[str, Any] = {"weight_version": self.version, "sources": [s.index for s in sources]}
+        t0 = time.perf_counter()
+        if cfg.train.mode == "one_step_off":
+            self.ahead.settle([step + 1])   # batch t+1 finishes on the weights it started on
+        settle_s = time.perf_counter() - t0
+        with self.ahead.exclusive():
+            sync = self.sync(self.version + 1)
+        self.step = step
+        lags = [self.version - 1 - t["meta"]["weight_version"] for t in trajs]
+        m: dict[str, Any] = {"weight_version": self.version, "sources": [s.index for s in sources],
+                             "groups": [s.group for s in sources]}
         m.update(group_metrics(scored, trajs, int(zero_groups)))
+        m.update(filtered)
         m.update({f"learner/{k}": v for k, v in results[0].items() if isinstance(v, (int, float))})
         m.update({"rollout/prefix_cache_hit_share": rstats["prefix_cache_hit_share"],
                   "rollout/generated_tokens": rstats["generated_tokens"],
-                  "rollout/tokens_per_s": rstats["generated_tokens"] / max(rollout_s, 1e-9),
+                  "rollout/tokens_per_s": rstats["generated_tokens"] / max(batch["rollout_s"], 1e-9),
+                  "rollout/staleness_mean": sum(lags) / len(lags), "rollout/staleness_max": max(lags),
+                  "train/stale_batches_redone": self._stale_redone,
                   "reward/scorer": scored.scorer.name,
-                  "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": learn_s, **sync})
+                  "rollout/worker_restarts": self.rollout.restarts,
+                  "reward/replica_restarts": self.reward.restarts,
+                  "time/rollout_s": batch["rollout_s"], "time/rollout_wait_s": wait_s + settle_s,
+                  "time/reward_s": reward_s, "time/update_s": learn_s, **sync})
         m["time/step_s"] = time.perf_counter() - t_step
+        if cfg.train.save_rollouts:
+            save_rollouts(self.run_dir, self.step, sources, trajs, scored, advantages)
         return m
 
     # --- loop ------------------------------------------------------------------------------------
 
     def evaluate(self, tag: str) -> DevResult:
-        res = evaluate_dev(self.rollout, self.reward, self.dev_set, self.cfg)
+        with self.ahead.exclusive():   # no rollout ahead runs on the pool meanwhile
+            res = evaluate_dev(self.rollout, self.reward, self.dev_set, self.cfg)
         self.history[tag] = res.as_dict()
         return res
 
@@ -171,8 +303,10 @@ class Trainer:
             else:
                 (out / "model.safetensors").write_bytes(weights)
 
+        self.ahead.settle()   # the cursor already counts batches under way: keep them with it
         return write_checkpoint(self.run_dir, self.step, {
-            "weight_version": self.version, "cursor": self.cursor.state(), "history": self.history}, parts)
+            "weight_version": self.version, "cursor": self.cursor.state(), "history": self.history,
+            "ahead": {str(k): v for k, v in self.ahead.pending().items()}}, parts)
 
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
         from tqdm import tqdm
@@ -196,7 +330,11 @@ class Trainer:
                 if last:
                     after = self.evaluate("after")
                     self.log.log(self.step, {f"dev/{k}": v for k, v in after.as_dict().items()})
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except CheckpointWriteError as exc:
+                    raise RunStopped(f"{exc}; free space in or fix {self.run_dir}, then continue with "
+                                     f"`launch.py train --resume {self.run_dir}`") from None
             if stop_after is not None and self.step >= stop_after:
                 break
         bar.close()
@@ -205,10 +343,19 @@ class Trainer:
     def close(self) -> None:
         import ray
 
+        def close_learners() -> None:
+            if getattr(self, "_learners_broken", False):
+                for lw in self.learners:
+                    ray.kill(lw)
+            else:
+                ray.get([lw.shutdown.remote() for lw in self.learners], timeout=120)
+
         self.log.close()
-        close_all([lambda: self.rollout.shutdown(), lambda: self.reward.close(),
-                   lambda: ray.get([lw.shutdown.remote() for lw in self.learners], timeout=120)],
-                  getattr(self, "_started_ray", False))
+        if hasattr(self, "ahead"):
+            self.ahead.close()
+        closers = [lambda: self.rollout.shutdown(), lambda: self.reward.close()]
+        close_all([c for c, part in zip(closers + [close_learners], ("rollout", "reward", "learners"))
+                   if hasattr(self, part)], getattr(self, "_started_ray", False))
 
 
 def summary_table(history: dict[str, Any]) -> str:
@@ -227,18 +374,26 @@ def main(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise UserInputError(f"--resume {run_dir}: no config.yaml there; pass a run directory of `train`")
         cfg = load_config(run_dir / "config.yaml", args.overrides)
+        latest_checkpoint(run_dir)   # refuse before anything starts when there is nothing to resume
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = resolve_run_dir(cfg)
     check_model(cfg)
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))   # validates data before any actor
-    if not args.resume:
+    if args.resume:
+        record_resume(run_dir, trainer._resume_from, list(args.overrides or []))
+        if args.overrides:
+            write_resolved_config(cfg, run_dir)   # a later resume continues with these values
+    else:
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": str(run_dir)})})
         write_resolved_config(cfg, run_dir)
     print(f"run directory: {run_dir}")
     try:
         trainer.start()
         history = trainer.run(stop_after=args.stop_after)
+    except RunStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     png = plot_curves(trainer.log.rows(), run_dir / "curves.png")
@@ -248,3 +403,13 @@ def main(args: argparse.Namespace) -> int:
         print(summary_table(history))
     print(f"curves: {png}\nmetrics: {run_dir / 'metrics.jsonl'}")
     return 0
+
+
+def record_resume(run_dir: Path, ckpt: Path | None, overrides: list[str]) -> None:
+    """Append to ``resumes.jsonl`` which checkpoint a resume started from and the overrides it applied."""
+    import json
+
+    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": ckpt.name if ckpt else None,
+           "overrides": overrides}
+    with (run_dir / "resumes.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")

@@ -12,20 +12,39 @@ from orchestration.config import RootConfig
 from orchestration.data import Dataset, Pair
 
 
-def to_sources(pairs: Sequence[Pair], ds: Dataset) -> list:
+def to_sources(pairs: Sequence[Pair], ds: Dataset, groups: Sequence[int] | None = None,
+               seeds: Sequence[int] | None = None) -> list:
+    """Rollout sources; ``groups`` (unique ids of these draws) and ``seeds`` (their sampling
+    seeds) are set for training batches, where one pair may be drawn twice."""
     from rollout.runner import Source
 
-    return [Source(p.index, p.source, ds.src_lang, ds.tgt_lang, p.reference) for p in pairs]
+    groups = list(groups) if groups is not None else [None] * len(pairs)
+    seeds = list(seeds) if seeds is not None else [None] * len(pairs)
+    return [Source(p.index, p.source, ds.src_lang, ds.tgt_lang, p.reference, group=g, seed=s)
+            for p, g, s in zip(pairs, groups, seeds)]
+
+
+class RolloutMismatch(RuntimeError):
+    """The rollout returned trajectories that do not line up with the groups asked for."""
 
 
 def reward_groups(trajs: Sequence[dict[str, Any]], sources: Sequence, group_size: int) -> list[list]:
-    """Trajectories (grouped by source, as the pool returns them) → reward inputs per group."""
+    """Trajectories (grouped by source, as the pool returns them) → reward inputs per group.
+
+    Each group is matched by its id, not by the pair's index: a batch may hold one pair twice,
+    and each of its groups is scored against its own draw's reference."""
     from reward.types import RewardInput
 
+    if len(trajs) != len(sources) * group_size:
+        raise RolloutMismatch(f"rollout returned {len(trajs)} trajectories for {len(sources)} groups "
+                              f"of {group_size}")
     groups = []
     for k, src in enumerate(sources):
         group = trajs[k * group_size:(k + 1) * group_size]
-        assert all(t["meta"]["source_index"] == src.index for t in group), "trajectories out of order"
+        want = src.group if src.group is not None else k
+        got = [(t["meta"]["group"], t["meta"]["source_index"], t["meta"]["sample"]) for t in group]
+        if got != [(want, src.index, i) for i in range(group_size)]:
+            raise RolloutMismatch(f"group {want} (pair {src.index}) came back as {got}")
         groups.append([RewardInput(source=src.text, reference=src.reference or "", hypothesis=t["hypothesis"],
                                    delays=list(t["delays"]), source_length=t["source_length"],
                                    tgt_lang=src.tgt_lang, chunk_size=t["meta"]["chunk_size"])
@@ -36,8 +55,11 @@ def reward_groups(trajs: Sequence[dict[str, Any]], sources: Sequence, group_size
 def learner_batch(trajs: Sequence[dict[str, Any]], advantages: Sequence[float]):
     from learner.batch import TrainBatch, TrainTrajectory
 
+    # each trajectory is scored under the distribution it was sampled from (meta, set by the worker)
     return TrainBatch([TrainTrajectory(token_ids=t["token_ids"], action_mask=t["action_mask"],
-                                       advantage=float(a), rollout_logprobs=t["logprobs"])
+                                       advantage=float(a), rollout_logprobs=t["logprobs"],
+                                       temperature=float(t["meta"].get("temperature", 1.0)),
+                                       top_p=float(t["meta"].get("top_p", 1.0)))
                        for t, a in zip(trajs, advantages)])
 
 
@@ -190,3 +212,72 @@ def sync_names(cfg: RootConfig, learners: Sequence) -> list[str] | None:
     from rollout.weights import expand_packed
 
     return expand_packed(ray.get(learners[0].trainable_names.remote()))
+
+
+class RunStopped(RuntimeError):
+    """A part of the run failed in a way a restart of the driver fixes: the message says what
+    failed and which checkpoint ``launch.py train --resume`` continues from."""
+
+
+def resume_hint(run_dir) -> str:
+    from orchestration.checkpoint import newest_checkpoint
+
+    ckpt = newest_checkpoint(run_dir)
+    if ckpt is None:
+        return f"no checkpoint was written yet; start the run again (run directory {run_dir})"
+    return f"last checkpoint: {ckpt}; continue with `launch.py train --resume {run_dir}`"
+
+
+def wait_ranks(refs: Sequence, what: str, timeout_s: float, run_dir) -> list[Any]:
+    """The results of one collective call per learner rank, in rank order.
+
+    Waits for whichever rank finishes first, so a dead rank is reported at once even while
+    the others block in a collective waiting for it; nothing waits longer than ``timeout_s``."""
+    import time
+
+    import ray
+    from ray.exceptions import RayActorError
+
+    start, pending = time.monotonic(), list(refs)
+    while pending:
+        left = timeout_s - (time.monotonic() - start)
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(left, 0.0))
+        if not ready:
+            late = sorted(refs.index(r) for r in pending)
+            raise RunStopped(f"learner rank(s) {late} did not finish {what} within train.call_timeout_s="
+                             f"{timeout_s:g} s; the run stopped. {resume_hint(run_dir)}")
+        for ref in ready:
+            try:
+                ray.get(ref, timeout=0)
+            except RayActorError as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise RunStopped(f"learner rank {refs.index(ref)} died during {what} ({reason}); the run stopped. "
+                                 f"{resume_hint(run_dir)}") from None
+    return ray.get(list(refs), timeout=max(timeout_s - (time.monotonic() - start), 1.0))
+
+
+def seed_torch(_actor: Any, seed: int) -> None:
+    """Run inside a learner actor (``__ray_call__``): reseed torch for this step."""
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def save_rollouts(run_dir, step: int, sources: Sequence, trajs: Sequence[dict[str, Any]], scored,
+                  advantages: Sequence[float]) -> None:
+    """``rollouts/step-N.jsonl``: every trajectory of a step with its group, tokens and reward."""
+    import json
+    import os
+    from pathlib import Path
+
+    rewards = [t for g in scored.groups for t in g.trajectories]
+    out = Path(run_dir) / "rollouts" / f"step-{step}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for t, r, a in zip(trajs, rewards, advantages):
+            f.write(json.dumps({"group": t["meta"]["group"], "source_index": t["meta"]["source_index"],
+                                "sample": t["meta"]["sample"], "token_ids": t["token_ids"],
+                                "logprobs": t["logprobs"], "hypothesis": t["hypothesis"], "reward": r.reward,
+                                "quality": r.quality, "advantage": a}, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)

@@ -13,13 +13,14 @@ import time
 from typing import Any, Callable, Sequence, TypeVar
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from reward.service import create_reward_service
 from reward.types import (
     QualityBatch, QualityItem, RewardInput, RewardSettings, ScoreBatch, ScorerInfo)
 
 T = TypeVar("T")
+CALL_TIMEOUT_S = 3600.0   # no call waits forever: a hung replica raises GetTimeoutError
 ActorFactory = Callable[[RewardSettings], Any]
 
 
@@ -47,7 +48,9 @@ class RewardClient:
     def wait_ready(self) -> list[dict[str, Any]]:
         """Block until every replica has built its scorer; a failed start raises RuntimeError."""
         try:
-            return ray.get([a.info.remote() for a in self.actors])
+            return ray.get([a.info.remote() for a in self.actors], timeout=CALL_TIMEOUT_S)
+        except GetTimeoutError:
+            raise RuntimeError(f"the reward service did not start within {CALL_TIMEOUT_S:g} s") from None
         except RayActorError as exc:
             # Usually the scorer's constructor failed (missing checkpoint, bad interpreter).
             raise RuntimeError(f"a reward service replica failed to start: {exc}") from None
@@ -66,10 +69,10 @@ class RewardClient:
         results = []
         for i, (ref, part) in enumerate(zip(refs, shards)):
             try:
-                results.append(ray.get(ref))
+                results.append(ray.get(ref, timeout=CALL_TIMEOUT_S))
             except RayActorError:
                 self._restart(i)
-                results.append(ray.get(getattr(self.actors[i], method).remote(part)))
+                results.append(ray.get(getattr(self.actors[i], method).remote(part), timeout=CALL_TIMEOUT_S))
         return results
 
     def score(self, groups: Sequence[Sequence[RewardInput]]) -> ScoreBatch:

@@ -74,6 +74,11 @@ class RolloutConfig(BaseModel):
         default_factory=EpisodeConfig, description="streaming episode layout")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="training sampling")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine settings")
+    runner: Literal["lockstep", "streaming"] = Field(
+        "streaming", description="streaming: each trajectory's next turn is submitted when its last one ends "
+                                 "(continuous batching); lockstep: one batch per streaming step")
+    max_in_flight: int = Field(
+        256, ge=1, le=1_000_000, description="streaming runner: most requests inside one engine at a time")
     num_workers: int = Field(1, ge=1, le=4096, description="rollout worker replicas (one engine each)")
     num_cpus_per_worker: float = Field(1.0, ge=0.0, le=1024.0, description="Ray CPUs reserved per worker")
     num_gpus_per_worker: float = Field(0.0, ge=0.0, le=64.0, description="Ray GPUs reserved per worker")

@@ -2,13 +2,14 @@
 
 Everything vLLM-specific, including the CPU build's quirks (DESIGN §4), lives here:
 environment variables that must be set before the engine starts, the smallest prefix-cache
-block the CPU build accepts, no per-request seeds (they kill the CPU worker: the engine is
-seeded instead), and resetting the prefix cache after new weights (cached KV was computed
-with the old ones).
+block the CPU build accepts, per-request seeds through our own sampling logits processor
+(vLLM's ``SamplingParams(seed=...)`` kills the CPU worker: ``rollout.seeded_sampler``), and
+resetting the prefix cache after new weights (cached KV was computed with the old ones).
 """
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from rollout.runner import GenerationResult, Sampling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_EXTENSION = "rollout.vllm_ext.WeightLoaderExtension"
+SEEDED_SAMPLER = "rollout.seeded_sampler:SeededSampler"
 
 
 def on_gpu() -> bool:
@@ -66,7 +68,8 @@ class VLLMEngine:
             enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            worker_extension_cls=WORKER_EXTENSION, disable_log_stats=True)
+            worker_extension_cls=WORKER_EXTENSION, disable_log_stats=True,
+            logits_processors=[SEEDED_SAMPLER])
         if cfg.block_size is not None:
             kwargs["block_size"] = cfg.block_size
         if max_logprobs is not None:   # -1: the whole vocabulary (exact LSG distributions)
@@ -78,30 +81,97 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.weight_version = 0
         self._lora = None          # the active LoRARequest, if any
+        self._seeds = random.Random(seed)   # seeds of sampled requests that bring none
+        self._requests = 0
+        self._pending: dict[str, tuple[str, int, bool]] = {}   # id -> (caller's key, prompt length, sampled)
         self._adapter_dir: tempfile.TemporaryDirectory | None = None
 
     # --- generation -----------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],
-                 sampling: Sampling) -> list[GenerationResult]:
+    def _params(self, cap: int, sampling: Sampling, seed: int | None, key: str):
+        """Sampled requests run through the seeded Gumbel-max sampler (module docstring of
+        ``rollout.seeded_sampler``): greedy in vLLM over perturbed logits, the real temperature,
+        top-p and seed in ``extra_args``. A request without a seed gets one from the engine's
+        own seeded stream. Greedy requests (temperature 0) go to vLLM as they are."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(max_tokens=cap, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, logprobs=0, detokenize=False,
-                                 min_tokens=min(sampling.min_tokens, cap))
-                  for cap in max_new_tokens]
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                 lora_request=self._lora, use_tqdm=False)
+        from rollout.seeded_sampler import KEY_KEY, SEED_KEY, TEMPERATURE_KEY, TOP_P_KEY
+
+        common = dict(max_tokens=cap, logprobs=0, detokenize=False, min_tokens=min(sampling.min_tokens, cap))
+        if sampling.temperature <= 0:
+            return SamplingParams(temperature=0.0, **common)
+        if seed is None:
+            seed = self._seeds.getrandbits(62)
+        return SamplingParams(temperature=0.0, extra_args={
+            SEED_KEY: int(seed), TEMPERATURE_KEY: sampling.temperature, TOP_P_KEY: sampling.top_p,
+            KEY_KEY: key}, **common)
+
+    def _key(self) -> str:
+        self._requests += 1
+        return f"simulrl-{self._requests}"
+
+    def _results(self, items: Sequence[tuple[str, int, Any]], sampled: bool) -> list[GenerationResult]:
+        """GenerationResults of finished outputs ``(key, prompt length, RequestOutput)``.
+
+        A sampled request's log-probs are those of the distribution it was drawn from
+        (temperature and top-p applied), recorded by the sampler inside the worker; vLLM's own
+        log-probs of a greedy request are the model's raw ones (what temperature 1 scores)."""
+        drawn = self.llm.collective_rpc("simulrl_take_logprobs", args=([k for k, _, _ in items],))[0] \
+            if sampled and items else {}
         results = []
-        for prompt, out in zip(prompts, outs):
+        for key, prompt_len, out in items:
             comp = out.outputs[0]
             ids = list(comp.token_ids)
-            # logprobs=0 returns the sampled token's log-prob at every position
-            lps = [step[tok].logprob for tok, step in zip(ids, comp.logprobs or [])]
-            results.append(GenerationResult(ids, lps, prompt_tokens=len(prompt),
+            if sampled:
+                per_pos = drawn.get(key, {})
+                lps = [float(per_pos[j]) for j in range(len(ids))]
+            else:   # logprobs=0 returns the chosen token's log-prob at every position
+                lps = [step[tok].logprob for tok, step in zip(ids, comp.logprobs or [])]
+            results.append(GenerationResult(ids, lps, prompt_tokens=prompt_len,
                                             cached_prompt_tokens=int(out.num_cached_tokens or 0)))
         return results
+
+    def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],
+                 sampling: Sampling, seeds: Sequence[int | None] | None = None) -> list[GenerationResult]:
+        """``seeds[i]`` (when given and not None) makes request i's sample a function of its
+        prompt and seed alone, never of the batch it shares (``rollout.seeded_sampler``)."""
+        from vllm.inputs import TokensPrompt
+
+        seeds = list(seeds) if seeds is not None else [None] * len(prompts)
+        keys = [self._key() for _ in prompts]
+        params = [self._params(cap, sampling, seed, key) for cap, seed, key in zip(max_new_tokens, seeds, keys)]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                 lora_request=self._lora, use_tqdm=False)
+        return self._results([(k, len(p), o) for k, p, o in zip(keys, prompts, outs)],
+                             sampled=sampling.temperature > 0)
+
+    # --- continuous batching (rollout.stream_runner) ---------------------------------------
+
+    def submit(self, key: str, prompt: list[int], max_new_tokens: int, sampling: Sampling,
+               seed: int | None = None) -> None:
+        """Queue one request; it joins the running batch at the engine's next step."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        internal = self._key()
+        params = self._params(max_new_tokens, sampling, seed, internal)
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        self._pending[internal] = (key, len(prompt), sampling.temperature > 0)
+        self.llm.llm_engine.add_request(internal, TokensPrompt(prompt_token_ids=list(prompt)), params,
+                                        lora_request=self._lora)
+
+    def poll(self) -> list[tuple[str, GenerationResult]]:
+        """Run one engine step; return ``(key, result)`` of the requests that finished in it."""
+        finished = [(out, self._pending.pop(out.request_id)) for out in self.llm.llm_engine.step() if out.finished]
+        done = []
+        for sampled in (True, False):
+            part = [(out, key, n) for out, (key, n, was_sampled) in finished if was_sampled == sampled]
+            items = [(out.request_id, n, out) for out, _, n in part]
+            done.extend((key, res) for (_, key, _), res in zip(part, self._results(items, sampled)))
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._pending)
 
     def next_token_logprobs(self, prompts: Sequence[list[int]], top_k: int) -> list[dict[int, float]]:
         """The ``top_k`` most likely next tokens of each prompt with their log-probs (an

@@ -7,6 +7,7 @@ vLLM (``rollout.engine``) or plain transformers (``rollout.hf_backend``, the bas
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -37,19 +38,36 @@ class GenerationResult:
 
 
 class GenerationBackend(Protocol):
+    """``seeds`` (one per prompt) fix each request's randomness: the same prompt and seed give
+    the same tokens whatever else is in the batch. The runner passes it only for seeded sources
+    sampled at a temperature above 0, so a backend without seeded sampling may omit it."""
+
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],
-                 sampling: Sampling) -> list[GenerationResult]: ...
+                 sampling: Sampling, seeds: Sequence[int | None] | None = None) -> list[GenerationResult]: ...
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (run seed, step, group, sample, turn ...): the same parts give
+    the same seed in every process, so sampling depends on what is sampled, never on history."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 @dataclass(frozen=True)
 class Source:
-    """One sentence to translate, with its place in the data set."""
+    """One sentence to translate, with its place in the data set.
+
+    ``group`` names this draw of the source (a batch may hold a source twice: each draw is its
+    own group, scored against its own reference); ``seed`` fixes the sampling of the group's
+    trajectories (None: the engine's own randomness)."""
 
     index: int
     text: str
     src_lang: str
     tgt_lang: str
     reference: str | None = None
+    group: int | None = None
+    seed: int | None = None
 
 
 @dataclass
@@ -106,23 +124,34 @@ def run_episodes(backend: GenerationBackend, factory: EpisodeFactory, sources: S
                  on_step: Callable[[int, int], None] | None = None
                  ) -> tuple[list[Trajectory], RolloutStats]:
     """Run ``group_size`` episodes per source in lock-step; trajectories come back grouped
-    (all of source 0, then source 1, ...) with ``meta`` naming source index and sample.
+    (all of source 0, then source 1, ...) with ``meta`` naming source index, group and sample.
+
+    A seeded source's request for sample i at streaming step t gets the seed
+    ``derive_seed(source.seed, i, t)``: what is drawn does not depend on the batch it runs in.
     """
     cfg = factory.cfg
     episodes = [factory.make(src) for src in sources for _ in range(group_size)]
+    seeded = [src.seed for src in sources for _ in range(group_size)]
+    use_seeds = sampling.temperature > 0 and any(s is not None for s in seeded)
     stats = RolloutStats(trajectories=len(episodes))
     start = time.perf_counter()
     step = 0
     while True:
-        active = [ep for ep in episodes if not ep.done]
-        if not active:
+        live = [k for k, ep in enumerate(episodes) if not ep.done]
+        if not live:
             break
+        active = [episodes[k] for k in live]
         step += 1
         prompts = [ep.prompt_ids for ep in active]
         caps = [cfg.max_new_tokens_final if ep.is_last_step else cfg.max_new_tokens_per_step
                 for ep in active]
         t0 = time.perf_counter()
-        results = backend.generate(prompts, caps, sampling)
+        if use_seeds:
+            seeds = [None if seeded[k] is None else derive_seed(seeded[k], k % group_size, episodes[k].step)
+                     for k in live]
+            results = backend.generate(prompts, caps, sampling, seeds=seeds)
+        else:
+            results = backend.generate(prompts, caps, sampling)
         dt = time.perf_counter() - t0
         appended = 0
         for ep, res in zip(active, results):
@@ -148,6 +177,7 @@ def run_episodes(backend: GenerationBackend, factory: EpisodeFactory, sources: S
     trajectories = []
     for k, ep in enumerate(episodes):
         src = sources[k // group_size]
-        trajectories.append(ep.trajectory(source_index=src.index, sample=k % group_size,
+        group = src.group if src.group is not None else k // group_size
+        trajectories.append(ep.trajectory(source_index=src.index, group=group, sample=k % group_size,
                                           chunk_size=ep.chunk_size))
     return trajectories, stats

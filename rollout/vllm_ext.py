@@ -46,3 +46,9 @@ class WeightLoaderExtension:
             # repack it from the freshly loaded embedding.
             lm_head.quant_method.process_weights_after_loading(lm_head)
         return len(tensors)
+
+    def simulrl_take_logprobs(self, keys: list[str]) -> dict[str, dict[int, float]]:
+        """Log-probs the seeded sampler recorded for these requests (``rollout.seeded_sampler``)."""
+        from rollout.seeded_sampler import take_logprobs
+
+        return take_logprobs(keys)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Sequence
 
 from rollout.config import RolloutConfig
@@ -37,17 +37,19 @@ class RolloutWorker:
 
     def rollout(self, sources: Sequence[dict[str, Any]], group_size: int,
                 temperature: float, top_p: float) -> dict[str, Any]:
-        from rollout.runner import run_episodes
+        from rollout.stream_runner import run_rollout
 
         srcs = [Source(**s) for s in sources]
-        trajs, stats = run_episodes(self.engine, self.factory, srcs, group_size,
-                                    Sampling(temperature=temperature, top_p=top_p))
+        trajs, stats = run_rollout(self.engine, self.factory, srcs, group_size,
+                                   Sampling(temperature=temperature, top_p=top_p),
+                                   self.cfg.runner, self.cfg.max_in_flight)
         version = self.engine.weight_version
         out = []
         for t in trajs:
             d = asdict(t)
             d["meta"]["weight_version"] = version
             d["meta"]["worker"] = self.index
+            d["meta"]["temperature"], d["meta"]["top_p"] = temperature, top_p   # what the learner scores
             out.append(d)
         return {"trajectories": out, "stats": stats.as_dict(), "weight_version": version}
 
@@ -124,12 +126,20 @@ class RolloutPool:
             version, mode, payload = self._last_update
             ray.get(self.workers[index].update_weights.remote(version, mode, payload))
 
-    def rollout(self, sources: Sequence[Source], group_size: int, sampling: Sampling
-                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """All B·N trajectories, ordered by the order of ``sources`` then sample index."""
-        ray = self._ray()
-        from ray.exceptions import ActorDiedError, RayActorError
+    def rollout(self, sources: Sequence[Source], group_size: int, sampling: Sampling,
+                timeout_s: float = 3600.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """All B·N trajectories, ordered by the order of ``sources`` then sample index.
 
+        Each source is one group (``Source.group``; its position when unset): a source that
+        appears twice gives two groups, never one merged one. A shard that takes longer than
+        ``timeout_s`` raises TimeoutError naming its worker."""
+        ray = self._ray()
+        from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
+
+        sources = [s if s.group is not None else replace(s, group=k) for k, s in enumerate(sources)]
+        order = {s.group: k for k, s in enumerate(sources)}
+        if len(order) != len(sources):
+            raise ValueError("two sources of one rollout call share a group id")
         shards = shard_sources(sources, len(self.workers))
         start = time.perf_counter()
         pending = {i: self._submit(i, shard, group_size, sampling)
@@ -138,14 +148,15 @@ class RolloutPool:
         while pending:
             i, ref = next(iter(pending.items()))
             try:
-                results[i] = ray.get(ref)
+                results[i] = ray.get(ref, timeout=max(timeout_s - (time.perf_counter() - start), 1.0))
                 del pending[i]
+            except GetTimeoutError:
+                raise TimeoutError(f"rollout worker {i} did not finish its shard within {timeout_s:g} s") from None
             except (RayActorError, ActorDiedError):
                 self._restart(i)
                 pending[i] = self._submit(i, shards[i], group_size, sampling)
-        order = {s.index: k for k, s in enumerate(sources)}
         trajs = [t for r in results.values() for t in r["trajectories"]]
-        trajs.sort(key=lambda t: (order[t["meta"]["source_index"]], t["meta"]["sample"]))
+        trajs.sort(key=lambda t: (order[t["meta"]["group"]], t["meta"]["sample"]))
         stats = merge_stats([r["stats"] for r in results.values()])
         stats["wall_s"] = time.perf_counter() - start
         stats["weight_versions"] = sorted({r["weight_version"] for r in results.values()})

@@ -137,6 +137,8 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
     assert launch.main(["eval", "--config", cfg]) == 0
     run = tmp_path / "run"
     names = ["waitk-k1", "waitk-k3", "lsg-L1-U3-exact", "learned-base-m2", "offline"]
+    checked: list[str] = []
+    checked_omni: list[str] = []
     assert (run / "curves.png").stat().st_size > 1000 and (run / "config.yaml").is_file()
     for name in names:
         path = run / "settings" / name / "instances.jsonl"
@@ -150,10 +152,15 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
         assert scores["forced_reads"]["beyond_bound"] == 0
         # elapsed is in source units: never below the delay, above it by the compute time
         assert all(e >= d for r in rows for d, e in zip(r["delays"], r["elapsed"]))
-        if scores["scored"] == 3:  # simuleval cannot average over an empty prediction's missing delays
-            oracle = _simuleval_latency(path)
-            for key, value in oracle.items():
-                assert scores[key] == pytest.approx(value, abs=1e-9), (name, key)
+        # simuleval cannot average over an empty prediction's missing delays: the oracles score
+        # the non-empty ones, which are exactly those our corpus means count
+        assert scores["scored"] + scores["skipped_empty"] == 3 and scores["scored"] >= 1, name
+        scored = tmp_path / f"{name}-scored.jsonl"
+        scored.write_text("".join(json.dumps(r) + "\n" for r in rows if r["delays"]))
+        oracle = _simuleval_latency(scored)
+        for key, value in oracle.items():
+            assert scores[key] == pytest.approx(value, abs=1e-9), (name, key)
+        if scores["skipped_empty"] == 0:   # OmniSTEval scores every line of the file, empty ones too
             omni = _omnisteval_scores(path)
             flat = dict(scores, **scores["degeneracy"])
             for key, value in omni.items():
@@ -161,10 +168,14 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
                     assert value != value, (name, key)        # OmniSTEval's NaN
                 else:
                     assert flat[key] == pytest.approx(value, abs=1e-9), (name, key)
+            checked_omni.append(name)
+        checked.append(name)
         if name.startswith("waitk"):
             k = int(name[-1])
             for r in rows:
                 assert r["delays"] == [min(k + i, r["source_length"]) for i in range(len(r["delays"]))]
+    assert checked == names   # every setting went through the simuleval oracle
+    assert len(checked_omni) >= 2, checked_omni   # and settings without an empty line through OmniSTEval
     assert json.loads((run / "settings" / "lsg-L1-U3-exact" / "scores.json").read_text())["distribution"] \
         .startswith("exact")
 

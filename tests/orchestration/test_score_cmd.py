@@ -28,7 +28,7 @@ WORD_INSTANCES = [
     {"index": 1, "source_length": 4, "delays": [], "prediction": "", "reference": "hello world"},
     {"index": 2, "source_length": 3, "delays": [1, 2, 3, 3, 3, 3, 3],
      "prediction": "a b c d e f g", "reference": "a b c"},
-    {"index": 3, "source_length": 5, "delays": [7],
+    {"index": 3, "source_length": 5, "delays": [5],
      "prediction": "late", "reference": "too late now"},
     {"index": 4, "source_length": 8, "delays": [1.5, 2.5, 8],
      "prediction": "x  y\tz", "reference": "x y z w"},
@@ -133,7 +133,11 @@ BAD_LINES = [
     ('{"source_length": 3, "delays": [1], "prediction": 5}', "'prediction' must be a string"),
     ('{"source_length": 3, "delays": [1], "prediction": "a", "reference": 1}', "'reference' must be"),
     ('{"source_length": 3, "delays": [1], "prediction": "a", "reference": " "}', "'reference' is empty"),
-    ('{"source_length": 0, "delays": [1], "prediction": "a"}', "'source_length' is 0"),
+    ('{"source_length": 0, "delays": [0], "prediction": "a"}', "'source_length' is 0"),
+    ('{"source_length": 0, "delays": [1], "prediction": "a"}', "beyond 'source_length' 0"),
+    ('{"source_length": 3, "delays": [3, 1], "prediction": "a b"}', "'delays' decrease at position 2 (3 then 1)"),
+    ('{"source_length": 5, "delays": [1, 2, 2, 1.5], "prediction": "a b c d"}', "decrease at position 4"),
+    ('{"source_length": 3, "delays": [1, 4], "prediction": "a b"}', "delay 4 is beyond 'source_length' 3"),
     ("", "blank line"),
 ]
 

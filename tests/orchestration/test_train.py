@@ -1,17 +1,25 @@
-"""launch.py train end to end on the tiny model (slow): stop after step 2 and resume gives the
-uninterrupted run's step 3 batch; with a latency-only reward the policy learns to wait less;
-every shipped ablation config validates as a train config."""
+"""launch.py train end to end on the tiny model (slow): exact resume after a clean stop and after
+a SIGKILL of the driver (an epoch-boundary batch with a pair drawn twice included); with a
+latency-only reward the policy learns to wait less."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import launch
 from orchestration.checkpoint import latest_checkpoint
 from orchestration.config_loader import load_config
+from orchestration.cursor import DataCursor
+from orchestration.metrics_log import CURVES
 from tests.tiny_data import build_tiny_data
 from tests.tiny_model import bias_towards_end_of_turn
 
@@ -36,38 +44,106 @@ def _rows(run: Path) -> dict[int, dict]:
     return rows
 
 
-def test_shipped_train_configs_validate():
-    for path in [REPO / "configs" / "default.yaml", REPO / "configs" / "cluster-8gpu.yaml",
-                 *sorted((REPO / "configs" / "ablations").glob("*.yaml"))]:
-        cfg = load_config(path)
-        assert cfg.model.dtype in ("bfloat16", "float32") and cfg.learner.dtype in ("bfloat16", "float32")
-    cluster = load_config(REPO / "configs" / "cluster-8gpu.yaml")
-    gpus = (cluster.rollout.num_workers * cluster.rollout.num_gpus_per_worker + cluster.reward.replicas
-            + cluster.learner.num_ranks * cluster.learner.num_gpus_per_rank)
-    assert gpus == 8 and cluster.reward.device == "cuda"
+def _boundary_seed(size: int, per_step: int) -> int:
+    """A run seed whose epoch-boundary batch holds one pair twice (the last of epoch 0, the first of 1)."""
+    for seed in range(1000):
+        cur = DataCursor(size=size, seed=seed)
+        batches = [cur.next_batch(per_step) for _ in range(-(-size // per_step))]
+        if len(set(batches[-1])) < len(batches[-1]):
+            return seed
+    raise AssertionError("no seed gives a duplicate")
+
+
+def _rollouts(run: Path, step: int) -> list[dict]:
+    return [json.loads(x) for x in (run / "rollouts" / f"step-{step}.jsonl").read_text().splitlines()]
+
+
+def _weights(run: Path, step: int) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "checkpoints" / f"step-{step}" / "adapter" / "adapter_model.safetensors")
+
+
+def _assert_same_step(a: Path, b: Path, step: int) -> None:
+    """Same trajectories (token ids), rewards, losses at ``step``; log-probs to float tolerance."""
+    ra, rb = _rollouts(a, step), _rollouts(b, step)
+    assert [(r["group"], r["source_index"], r["sample"], r["token_ids"], r["hypothesis"]) for r in ra] == \
+        [(r["group"], r["source_index"], r["sample"], r["token_ids"], r["hypothesis"]) for r in rb], step
+    assert [r["reward"] for r in ra] == pytest.approx([r["reward"] for r in rb], abs=1e-9)
+    assert [r["advantage"] for r in ra] == pytest.approx([r["advantage"] for r in rb], abs=1e-9)
+    for x, y in zip(ra, rb):
+        assert x["logprobs"] == pytest.approx(y["logprobs"], abs=1e-5)
+    ma, mb = _rows(a)[step], _rows(b)[step]
+    for key in ("learner/loss", "learner/kl", "learner/grad_norm", "learner/logprob_mean", "reward/mean"):
+        assert ma[key] == pytest.approx(mb[key], rel=1e-6, abs=1e-9), (step, key)
+
+
+def _train_lines(run: Path) -> list[int]:
+    """The step of every training line of metrics.jsonl (dev lines carry no reward)."""
+    return [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in r]
 
 
 @pytest.mark.slow
-def test_resume_after_step_2_runs_the_uninterrupted_step_3(tiny_model_dir, tmp_path, ray_local):
-    data = build_tiny_data(tmp_path / "data", n=12)
-    common = ["train.steps=3", "train.sources_per_step=2", "train.checkpoint_every=0",
-              "rollout.sampling.group_size=2"]
-    full, part = tmp_path / "full", tmp_path / "part"
+def test_exact_resume_after_a_clean_stop_and_after_sigkill(tiny_model_dir, tmp_path, ray_local):
+    """Two fresh runs draw the same trajectories; a run stopped after step 2, and one whose driver
+    was SIGKILLed in the middle of step 2, resume into the uninterrupted run's token ids, rewards,
+    losses and weights. Step 3 is an epoch-boundary batch holding one pair twice."""
+    data = build_tiny_data(tmp_path / "data", n=5)
+    seed = _boundary_seed(5, 2)
+    common = ["train.steps=3", "train.sources_per_step=2", "train.checkpoint_every=1", "train.save_rollouts=true",
+              "rollout.sampling.group_size=2", "rollout.sampling.top_p=0.9", f"run.seed={seed}"]
+    full, part, killed = tmp_path / "full", tmp_path / "part", tmp_path / "killed"
+
+    # the driver killed mid-step: a subprocess with its own Ray, SIGKILLed once step 1's checkpoint
+    # is complete (so in step 2); everything it started goes with its session
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen([sys.executable, "launch.py", "train", *_tiny_run(tiny_model_dir, data, killed, *common)],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    pointer = killed / "checkpoints" / "latest"
+    deadline = time.monotonic() + 900
+    try:
+        while proc.poll() is None and not (pointer.is_file() and pointer.read_text().strip() == "step-1"):
+            assert time.monotonic() < deadline, "the run never wrote its step-1 checkpoint"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)   # the Ray processes the killed driver left behind
+        except ProcessLookupError:
+            pass
+    log.close()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    assert _train_lines(killed) == [1]            # killed after step 1, before step 2 was logged
+
     assert launch.main(["train", *_tiny_run(tiny_model_dir, data, full, *common)]) == 0
     assert launch.main(["train", "--stop-after", "2", *_tiny_run(tiny_model_dir, data, part, *common)]) == 0
-    assert latest_checkpoint(part).name == "step-2" and max(_rows(part)) == 2
-    assert launch.main(["train", "--resume", str(part)]) == 0
+    assert latest_checkpoint(part).name == "step-2" and _train_lines(part) == [1, 2]
+    for step in (1, 2):                            # two fresh runs of one config and seed
+        _assert_same_step(full, part, step)
+    assert launch.main(["train", "--resume", str(part), "train.call_timeout_s=900"]) == 0
+    assert launch.main(["train", "--resume", str(killed)]) == 0
 
-    a, b = _rows(full), _rows(part)
-    assert sorted(a) == sorted(b) == [0, 1, 2, 3]
-    for step in (1, 2, 3):
-        assert a[step]["sources"] == b[step]["sources"], step
-        assert a[step]["weight_version"] == b[step]["weight_version"] == step
-    assert len(set(map(tuple, (a[s]["sources"] for s in (1, 2, 3))))) == 3   # the cursor moves on
-    lines = (part / "metrics.jsonl").read_text().splitlines()
-    assert sum(json.loads(x)["step"] == 3 for x in lines) == sum(json.loads(x)["step"] == 3
-                                                                  for x in (full / "metrics.jsonl").read_text().splitlines())
-    assert latest_checkpoint(part).name == "step-3" and (part / "curves.png").is_file()
+    for run in (part, killed):
+        _assert_same_step(full, run, 3)
+        if run is killed:
+            _assert_same_step(full, run, 1)        # a fresh run in another process, its own Ray
+            _assert_same_step(full, run, 2)        # the step the kill interrupted, redone
+        assert _train_lines(run) == [1, 2, 3]      # each step once
+        wa, wb = _weights(full, 3), _weights(run, 3)
+        assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+        assert not all(torch.equal(wa[k], _weights(full, 1)[k]) for k in wa)   # training moved them
+    resumes = [json.loads(x) for x in (part / "resumes.jsonl").read_text().splitlines()]
+    assert resumes == [{"time": resumes[0]["time"], "checkpoint": "step-2", "overrides": ["train.call_timeout_s=900"]}]
+    assert load_config(part / "config.yaml").train.call_timeout_s == 900
+
+    rows = _rows(full)
+    assert len(set(rows[3]["sources"])) == 1 and rows[3]["groups"] == [4, 5]   # one pair, two groups
+    by_group = {g: [r for r in _rollouts(full, 3) if r["group"] == g] for g in (4, 5)}
+    assert [len(v) for v in by_group.values()] == [2, 2]
+    assert [r["token_ids"] for r in by_group[4]] != [r["token_ids"] for r in by_group[5]]   # own draws
+    for key, _ in CURVES:                          # every panel of curves.png has data
+        assert any(key in r for r in rows.values()), key
     summary = json.loads((part / "summary.json").read_text())
     assert summary["steps"] == 3 and {"before", "after"} <= set(summary["history"])
 

@@ -89,6 +89,95 @@ def test_greedy_matches_transformers_reference(engine, tiny_model_dir, tiny_toke
                 k += 1
 
 
+def test_streaming_runner_equals_lock_step_on_greedy(engine, tiny_tokenizer):
+    """Continuous batching changes which requests share a batch, never a trajectory."""
+    from rollout.stream_runner import run_episodes_streaming
+
+    factory = EpisodeFactory(tiny_tokenizer, EPISODE_CFG)
+    lock, _ = run_episodes(engine, factory, SOURCES, 2, Sampling(temperature=0.0))
+    stream, stats = run_episodes_streaming(engine, factory, SOURCES, 2, Sampling(temperature=0.0),
+                                           max_in_flight=2)
+    assert [t.token_ids for t in stream] == [t.token_ids for t in lock]
+    assert [t.action_mask for t in stream] == [t.action_mask for t in lock]
+    assert [t.delays for t in stream] == [t.delays for t in lock]
+    for a, b in zip(stream, lock):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    assert engine.in_flight() == 0 and stats.cached_prompt_tokens > 0
+
+
+def test_streaming_runner_equals_lock_step_on_seeded_sampling(engine, tiny_tokenizer):
+    """Per-request seeds make sampled trajectories a function of (source, seed, sample, turn):
+    the streaming runner draws exactly what the lock-step runner draws, log-probs included."""
+    from rollout.stream_runner import run_episodes_streaming
+
+    factory = EpisodeFactory(tiny_tokenizer, EPISODE_CFG)
+    seeded = [Source(s.index, s.text, s.src_lang, s.tgt_lang, group=g, seed=500 + g) for g, s in enumerate(SOURCES)]
+    sampling = Sampling(temperature=0.9, top_p=0.95)
+    lock, _ = run_episodes(engine, factory, seeded, 3, sampling)
+    stream, _ = run_episodes_streaming(engine, factory, seeded, 3, sampling, max_in_flight=4)
+    assert [t.token_ids for t in stream] == [t.token_ids for t in lock]
+    assert len({tuple(t.token_ids) for t in lock}) > 3
+    for a, b in zip(stream, lock):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 1.0), (1.4, 0.9)])
+def test_learner_scores_the_distribution_vllm_sampled(engine, tiny_model_dir, tiny_tokenizer,
+                                                      temperature, top_p):
+    """vLLM's processed log-probs (temperature and top-p applied) equal the learner's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from learner.policy import sequence_logprobs
+
+    factory = EpisodeFactory(tiny_tokenizer, EPISODE_CFG)
+    trajs, _ = run_episodes(engine, factory, SOURCES, 2, Sampling(temperature=temperature, top_p=top_p))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    worst = 0.0
+    for t in trajs:
+        ids = torch.tensor([t.token_ids])
+        mask = torch.tensor([t.action_mask])
+        with torch.no_grad():
+            ours = sequence_logprobs(model, ids, torch.ones_like(ids), mask,
+                                     temperature=torch.tensor([temperature]), top_p=torch.tensor([top_p]))
+            raw = sequence_logprobs(model, ids, torch.ones_like(ids), mask)
+        on = mask[0] > 0
+        sampled = torch.tensor(t.logprobs)[on]
+        worst = max(worst, float((ours[0][on] - sampled).abs().max()))
+        assert torch.isfinite(ours[0][on]).all()
+        assert (raw[0][on] - sampled).abs().max() > 1e-2     # the raw distribution is a different one
+    assert worst < 2e-3
+
+
+def test_seeded_sampling_depends_on_the_seed_not_the_batch(engine, tiny_model_dir, tiny_tokenizer):
+    """Seeded rollouts (our sampling logits processor) repeat exactly in another batch and
+    order; their log-probs are those of the distribution sampled from (top-p renormalised)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    factory = EpisodeFactory(tiny_tokenizer, EPISODE_CFG)
+    seeded = [Source(s.index, s.text, s.src_lang, s.tgt_lang, group=g, seed=100 + g) for g, s in enumerate(SOURCES)]
+    sampling = Sampling(temperature=1.0, top_p=0.95)
+    a, _ = run_episodes(engine, factory, seeded, 3, sampling)
+    b, _ = run_episodes(engine, factory, [seeded[2], seeded[0]], 3, sampling)
+    ids = [t.token_ids for t in a]
+    assert [t.token_ids for t in b] == ids[6:9] + ids[0:3]
+    assert len({tuple(x) for x in ids[0:3]}) > 1                      # samples of a group differ
+    other = [Source(s.index, s.text, s.src_lang, s.tgt_lang, group=s.group, seed=s.seed + 7) for s in seeded]
+    c, _ = run_episodes(engine, factory, other, 3, sampling)
+    assert [t.token_ids for t in c] != ids
+    from learner.policy import sequence_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    for t in a[:3]:
+        ids = torch.tensor([t.token_ids])
+        with torch.no_grad():
+            want = sequence_logprobs(model, ids, torch.ones_like(ids), top_p=torch.tensor([0.95]))[0, 1:]
+        mask = torch.tensor(t.action_mask[1:], dtype=torch.bool)
+        got = torch.tensor(t.logprobs[1:])
+        assert torch.allclose(got[mask], want[mask], atol=1e-4)
+
+
 def perturbed_copy(src, dst, names_filter, seed):
     """A copy of the tiny model with some tensors changed; returns the changed tensors."""
     import torch

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from rollout.config import EpisodeConfig
-from rollout.runner import EpisodeFactory, GenerationResult, Sampling, Source, run_episodes
+from rollout.runner import EpisodeFactory, GenerationResult, Sampling, Source, derive_seed, run_episodes
 
 
 class ScriptedBackend:
@@ -52,3 +52,40 @@ def test_default_chunk_size_by_source_language(tiny_tokenizer):
     assert factory.chunk_size("de") == 3 and factory.chunk_size("zh") == 4
     ep = factory.make(Source(0, "我们在说话人还在讲话", "zh", "en"))
     assert ep.chunks == ["我们在说", "话人还在", "讲话"]
+
+
+class SeededBackend:
+    """Writes one word chosen by each request's seed (a stand-in for seeded sampling)."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.eot = tokenizer, tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.seeds = []
+
+    def generate(self, prompts, max_new_tokens, sampling, seeds=None):
+        self.seeds.append(list(seeds))
+        words = [" cat", " dog", " sun", " sea"]
+        out = []
+        for p, cap, s in zip(prompts, max_new_tokens, seeds):
+            ids = (self.tok(words[s % 4], add_special_tokens=False)["input_ids"] + [self.eot])[:cap]
+            out.append(GenerationResult(ids, [-1.0] * len(ids), prompt_tokens=len(p)))
+        return out
+
+
+def test_a_source_drawn_twice_gives_two_groups_with_their_own_seeds(tiny_tokenizer):
+    factory = EpisodeFactory(tiny_tokenizer, EpisodeConfig(chunk_size=2))
+    twice = [Source(4, "a b c", "de", "en", "ref", group=7, seed=100), Source(5, "x", "de", "en", group=8, seed=200),
+             Source(4, "a b c", "de", "en", "ref", group=9, seed=300)]
+    backend = SeededBackend(tiny_tokenizer)
+    trajs, _ = run_episodes(backend, factory, twice, group_size=2, sampling=Sampling())
+    assert [(t.meta["group"], t.meta["source_index"], t.meta["sample"]) for t in trajs] == \
+        [(7, 4, 0), (7, 4, 1), (8, 5, 0), (8, 5, 1), (9, 4, 0), (9, 4, 1)]
+    # every request of (group seed, sample, streaming step) has its own seed, also in step 2
+    assert backend.seeds[0] == [derive_seed(s, i, 0) for s in (100, 200, 300) for i in (0, 1)]
+    assert backend.seeds[1] == [derive_seed(s, i, 1) for s in (100, 300) for i in (0, 1)]
+    # a rerun of one group alone draws the same seeds it drew in the batch
+    alone = SeededBackend(tiny_tokenizer)
+    again, _ = run_episodes(alone, factory, twice[2:], group_size=2, sampling=Sampling())
+    assert [t.token_ids for t in again] == [t.token_ids for t in trajs[4:]]
+    # greedy sampling passes no seeds (backends without seeded sampling keep working)
+    trajs, _ = run_episodes(ScriptedBackend(tiny_tokenizer), factory, twice, 1, Sampling(temperature=0.0))
+    assert len(trajs) == 3

@@ -1,8 +1,10 @@
-"""RolloutWorker actors: sharding, weight versions, and a killed replica redone exactly once."""
+"""RolloutWorker actors: sharding, weight versions, and a killed replica redone exactly once with
+the same seeded samples; a pair drawn twice comes back as two groups."""
 from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 
@@ -36,13 +38,17 @@ def test_killed_worker_is_restarted_and_its_shard_redone(ray_local, tiny_model_d
         state = load_file(tiny_model_dir / "model.safetensors")
         info = pool.update_weights(1, "full", save(state))
         assert info["seconds"] > 0
-        before, _ = pool.rollout(SOURCES, 3, Sampling(temperature=0.0))
+        # seeded sampling, and pair 0 drawn twice (two groups, each with its own draws)
+        seeded = [replace(s, group=10 + s.index, seed=s.index) for s in SOURCES] + [replace(SOURCES[0], group=99, seed=7)]
+        sampling = Sampling(temperature=1.0)
+        before, _ = pool.rollout(seeded, 3, sampling)
         victim = pool.infos[1]["pid"]
         os.kill(victim, signal.SIGKILL)
-        trajs, stats = pool.rollout(SOURCES, 3, Sampling(temperature=0.0))
+        trajs, stats = pool.rollout(seeded, 3, sampling)
         assert pool.restarts == 1 and pool.infos[1]["pid"] != victim
-        keys = [(t["meta"]["source_index"], t["meta"]["sample"]) for t in trajs]
-        assert keys == [(i, k) for i in range(6) for k in range(3)]    # none lost, none twice
+        keys = [(t["meta"]["group"], t["meta"]["source_index"], t["meta"]["sample"]) for t in trajs]
+        assert keys == [(s.group, s.index, k) for s in seeded for k in range(3)]    # none lost, none twice
+        assert [t["token_ids"] for t in trajs[:3]] != [t["token_ids"] for t in trajs[-3:]]
         # the restarted replica got the latest weights replayed before redoing its shard
         assert stats["weight_versions"] == [1]
         assert all(t["meta"]["weight_version"] == 1 for t in trajs)

@@ -1,0 +1,67 @@
+"""Every YAML file under configs/ loads with the schema of the command that reads it and names
+data sets that exist in the role that command uses them for. A new config file fails this test
+until it is listed here, so no shipped config goes unchecked."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestration.config import RootConfig
+from orchestration.config_loader import load_config
+from orchestration.data import get_spec
+from orchestration.eval_config import expand_settings, load_eval_config
+from orchestration.sft_config import SftRootConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+# config file (relative to configs/) -> the command that reads it
+COMMANDS = {
+    "default.yaml": "train",
+    "cluster-8gpu.yaml": "train",
+    **{f"ablations/{p.name}": "train" for p in (CONFIGS / "ablations").glob("*.yaml")},
+    "bench/rollout-cpu.yaml": "bench-rollout",
+    "bench/reward-chrf.yaml": "bench-reward",
+    "bench/train-cpu.yaml": "train",
+    "bench/scaling-cpu.yaml": "train",
+    "bench/sft-cpu.yaml": "sft",
+    "sft/demo-deen.yaml": "sft",
+    "eval/newstest2015-deen-cpu.yaml": "eval",
+    "eval/lsg-paper-levels.yaml": "eval",
+    "eval/checkpoints.yaml": "eval",
+}
+
+
+def test_every_shipped_config_is_listed():
+    shipped = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
+    assert shipped == sorted(COMMANDS)
+    assert len(shipped) >= 19
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_shipped_config_validates(name):
+    path, command = CONFIGS / name, COMMANDS[name]
+    if command == "eval":
+        cfg = load_eval_config(str(path))
+        settings = expand_settings(cfg.eval)
+        assert settings and len({s.name for s in settings}) == len(settings)
+        assert get_spec(cfg.data.test).role == "test"
+        return
+    cfg = load_config(path, schema=SftRootConfig if command == "sft" else RootConfig)
+    assert cfg.model.dtype in ("bfloat16", "float32") and cfg.learner.dtype in ("bfloat16", "float32")
+    if command in ("train", "sft"):
+        assert get_spec(cfg.data.train).role == "train"
+        assert get_spec(cfg.data.dev).role == "dev"
+        assert cfg.rollout.sampling.group_size >= 2 or command == "sft"   # GRPO needs a group
+    if command == "bench-rollout":
+        assert get_spec(cfg.data.test).role == "test" and cfg.data.limit == 16
+    if command == "bench-reward":
+        assert cfg.reward.quality == "chrf"
+
+
+def test_cluster_config_splits_eight_gpus():
+    cluster = load_config(CONFIGS / "cluster-8gpu.yaml")
+    gpus = (cluster.rollout.num_workers * cluster.rollout.num_gpus_per_worker + cluster.reward.replicas
+            + cluster.learner.num_ranks * cluster.learner.num_gpus_per_rank)
+    assert gpus == 8 and cluster.reward.device == "cuda"
