@@ -39,7 +39,7 @@ def test_soak_with_killed_actors_and_a_dead_learner_rank(tiny_model_dir, tmp_pat
             ray.kill(self.reward.actors[0], no_restart=True)
         if what:
             injected.append((step, what))
-        if step == rank_dies_at and ("learner", step) not in injected:
+        if step == rank_dies_at and (step, "learner") not in injected:   # once: the resumed run redoes it
             injected.append((step, "learner"))
             ray.kill(self.learners[1])
         return real_step(self)
