@@ -251,3 +251,26 @@ def _ready(pg) -> bool:
         return True
     except Exception:  # noqa: BLE001 - not ready
         return False
+
+
+def actor_nodes() -> dict[str, list[str]]:
+    """Node id of every live actor, by class name (from the GCS actor table; empty if unavailable)."""
+    try:
+        from ray._private.state import state
+
+        table = state.actor_table(None)
+    except Exception:  # noqa: BLE001 - a private API: report nothing rather than fail a run
+        return {}
+    out: dict[str, list[str]] = {}
+    for info in table.values():
+        if info.get("State") == "ALIVE":
+            out.setdefault(info.get("ActorClassName", "?"), []).append(info.get("Address", {}).get("NodeID", "?"))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def describe(plan: PlacementPlan) -> dict[str, Any]:
+    """The plan, the cluster's nodes and where each kind of actor runs (``placement.json``)."""
+    import ray
+
+    nodes = {n["NodeID"]: n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")}
+    return {**plan.as_dict(), "nodes": nodes, "actors": actor_nodes()}
