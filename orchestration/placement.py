@@ -209,6 +209,8 @@ class Reserved:
                 placement_group=self.groups[slot.group], placement_group_bundle_index=slot.bundles[0],
                 # a tensor-parallel engine's vLLM workers go into the same group
                 placement_group_capture_child_tasks=len(slot.bundles) > 1)
+        if slot.env:
+            opts["runtime_env"] = {"env_vars": dict(slot.env)}
         return opts
 
     def remove(self) -> None:

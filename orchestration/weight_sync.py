@@ -19,10 +19,12 @@ from typing import Any, Sequence
 
 
 def backend_for(cfg) -> str:
-    """NCCL when learner and engines are on GPUs (and not sharing them), else gloo."""
-    gpus = cfg.learner.num_gpus_per_rank > 0 and cfg.rollout.num_gpus_per_worker > 0
-    # NCCL refuses two ranks of one group on the same GPU, which colocation would create
-    return "nccl" if gpus and cfg.ray.placement == "disaggregate" else "gloo"
+    """NCCL when learner rank 0 and the engines hold whole GPUs of their own, else gloo.
+
+    NCCL refuses two ranks of one group on the same GPU: colocation, or fractional GPUs that
+    Ray may pack onto one device, would create that."""
+    whole = cfg.learner.num_gpus_per_rank >= 1 and cfg.rollout.num_gpus_per_worker >= 1
+    return "nccl" if whole and cfg.ray.placement == "disaggregate" else "gloo"
 
 
 class WeightSync:

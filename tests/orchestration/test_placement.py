@@ -117,3 +117,24 @@ def test_reserving_more_than_the_local_cluster_fails_at_once(ray_local):
     with pytest.raises(UserInputError) as err:
         reserve(plan, timeout_s=5)
     assert "GPU: the config asks for 8, the cluster has 0" in str(err.value)
+
+
+def test_weight_group_backend_is_nccl_only_between_whole_gpus_of_their_own():
+    from orchestration.weight_sync import backend_for
+
+    assert backend_for(cfg_of("configs/cluster-8gpu.yaml")) == "nccl"
+    assert backend_for(cfg_of("configs/default.yaml")) == "gloo"
+    shared = cfg_of("configs/cluster-8gpu.yaml", "learner.num_gpus_per_rank=0.5", "rollout.num_gpus_per_worker=0.5")
+    assert backend_for(shared) == "gloo"      # Ray may pack both onto one GPU: NCCL would refuse
+
+
+def test_reserved_slots_give_ray_options_with_strategy_and_env():
+    from orchestration.placement import Reserved, Slot
+
+    pg = object()
+    opts = Reserved({"rollout-0": pg}).options(Slot("rollout-0", [0, 1], 4.0, 0.0, {"VLLM_RAY_BUNDLE_INDICES": "0,1"}))
+    strategy = opts.pop("scheduling_strategy")
+    assert opts == {"num_cpus": 4.0, "num_gpus": 0.0, "runtime_env": {"env_vars": {"VLLM_RAY_BUNDLE_INDICES": "0,1"}}}
+    assert strategy.placement_group is pg and strategy.placement_group_bundle_index == 0
+    assert strategy.placement_group_capture_child_tasks is True
+    assert Reserved({}).options(Slot(None, [], 0.0, 0.0)) == {"num_cpus": 0.0, "num_gpus": 0.0}
