@@ -67,6 +67,7 @@ BENCHMARKS = {
     "rollout": "orchestration.bench_rollout:main",
     "reward": "orchestration.bench_reward:main",
     "sft": "orchestration.bench_sft:main",
+    "sync": "orchestration.bench_sync:main",
 }
 
 
