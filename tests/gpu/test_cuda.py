@@ -14,7 +14,7 @@ import torch
 from rollout.config import EngineConfig, EpisodeConfig
 from rollout.runner import EpisodeFactory, Sampling, Source, run_episodes
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]   # slow too: `-m "not slow"` stays CPU-only
 
 SOURCES = [Source(0, "Die Katze sitzt auf der Matte und schaut aus dem Fenster", "de", "en"),
            Source(1, "Der Zug nach Berlin hat heute Verspätung", "de", "en")]
