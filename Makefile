@@ -2,7 +2,7 @@
 #   make setup      CPU environments (.venv, .venv-comet) and the CPU demo model
 #   make run        setup if needed, then the main job on the embedded default
 #   make test       setup if needed, then the test suite (everything but `gpu` tests)
-#   make setup-gpu  on a CUDA machine: .venv with the CUDA builds of torch and vllm
+#   make setup-gpu  on a CUDA machine: .venv with CUDA torch + vllm, .venv-comet with a CUDA torch
 PYTHON ?= python3
 VENV := .venv
 COMET_VENV := .venv-comet
@@ -38,12 +38,30 @@ $(DEMO_MODEL)/.ready: | $(VENV)/.installed
 	@echo "== $(DEMO_MODEL): the CPU demo model"
 	$(VENV)/bin/python -m rollout.demo_model --out $(DEMO_MODEL)
 
-# On a CUDA machine: the same .venv, with the CUDA builds of torch and vllm (resolved by pip).
-setup-gpu: requirements/gpu.txt
+# On a CUDA machine (every node of a cluster, in the same checkout path): .venv with the CUDA
+# builds of torch and vllm (resolved by pip), and .venv-comet with comet's pins and a CUDA torch
+# (reward.device: cuda). The demo model is not built: GPU configs name a hub model or a path.
+setup-gpu: $(VENV)/.installed-gpu $(COMET_VENV)/.installed-gpu
+
+$(VENV)/.installed-gpu: requirements/gpu.txt pyproject.toml
+	@echo "== .venv (CUDA): torch, vllm, ray, deepspeed, peft, sacrebleu, pytest"
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements/gpu.txt
 	$(VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
-	touch $(VENV)/.installed
+	$(VENV)/bin/python -c "import torch, vllm, ray, deepspeed; assert torch.version.cuda, 'torch is not a CUDA build'" \
+	  || { echo "setup-gpu: .venv has no CUDA torch/vllm; see requirements/gpu.txt" >&2; exit 1; }
+	touch $(VENV)/.installed $@
+
+# comet's exact pins without their CPU torch, then the CUDA torch with its nvidia-* libraries
+$(COMET_VENV)/.installed-gpu: requirements/comet.txt requirements/comet-gpu.txt
+	@echo "== .venv-comet (CUDA): unbabel-comet with a CUDA torch"
+	test -x $(COMET_VENV)/bin/python || $(PYTHON) -m venv $(COMET_VENV)
+	grep -v '^torch==' requirements/comet.txt > $(COMET_VENV)/pins-without-torch.txt
+	$(COMET_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps -r $(COMET_VENV)/pins-without-torch.txt
+	$(COMET_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements/comet-gpu.txt
+	$(COMET_VENV)/bin/python -c "import comet, ray, torch; assert torch.version.cuda, 'torch is not a CUDA build'" \
+	  || { echo "setup-gpu: .venv-comet has no CUDA torch; see requirements/comet-gpu.txt" >&2; exit 1; }
+	touch $(COMET_VENV)/.installed $@
 
 run: setup
 	$(VENV)/bin/python launch.py train --config $(CONFIG)

@@ -71,6 +71,7 @@ BENCHMARKS = {
     "sft": "orchestration.bench_sft:main",
     "train": "orchestration.bench_train:main",
     "scaling": "orchestration.bench_scaling:main",
+    "sync": "orchestration.bench_sync:main",
 }
 
 

@@ -3,7 +3,8 @@
 ``Learner`` is a plain class (one data-parallel rank); ``LearnerWorker`` is it as a Ray actor.
 The driver creates ``num_ranks`` of them with the same master address/port and calls every
 method on every rank at once (they are collective: ``train_step``, ``sft_step``, ``sft_eval``,
-``save_checkpoint``, ``load_checkpoint``, ``shutdown``, and, under ZeRO-3 only, ``export_weights``).
+``save_checkpoint``, ``load_checkpoint``, ``shutdown``, and, under ZeRO-3 only, ``export_weights``,
+``broadcast_weights`` and ``save_weights``: gathering partitioned weights is a collective).
 
 DeepSpeed facts this relies on (DESIGN §4): the optimizer is a ``torch.optim.AdamW`` passed in
 (a DeepSpeed-config optimizer JIT-compiles for ~100 s); the first ``init_distributed`` compiles
@@ -24,7 +25,8 @@ import torch
 
 from learner.batch import TrainBatch
 from learner.config import LearnerConfig
-from learner.export import adapter_files, export_safetensors, trainable_names
+from learner.export import (adapter_config_json, adapter_files, adapter_layout, adapter_tensors, export_safetensors,
+                            export_tensors, trainable_names, weight_layout)
 from learner.policy import PolicyLogprobs, build_policy, sequence_logprobs
 from learner.sft_step import sft_eval, sft_step
 from learner.step import StepSettings, grpo_step
@@ -94,7 +96,7 @@ class Learner:
         self._dist = deepspeed.comm
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                    auto_mpi_discovery=False, verbose=False)
-        self.policy, self.reference = build_policy(model_path, self.cfg, seed)
+        self.policy, self.reference = self._build_policy(model_path, seed)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=(self.cfg.adam_beta1, self.cfg.adam_beta2),
                                       eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
@@ -106,6 +108,30 @@ class Learner:
         self.settings = StepSettings.from_config(self.cfg)
         self._manual_grad_norm = self.cfg.zero_stage == 0 and not self.engine.bfloat16_enabled()
         self._closed = False
+
+    def _build_policy(self, model_path: str, seed: int):
+        """Under ZeRO-3 the policy is built inside ``deepspeed.zero.Init`` (transformers does it
+        while an ``HfDeepSpeedConfig`` is alive): each rank loads only its partition, never the
+        whole model. The frozen reference of full fine-tuning is not trained: it is loaded whole,
+        outside zero.Init, as the policy module docstring says."""
+        if self.cfg.zero_stage != 3:
+            return build_policy(model_path, self.cfg, seed)
+        from transformers.integrations import HfDeepSpeedConfig
+
+        from learner.policy import load_causal_lm
+
+        hf_ds = HfDeepSpeedConfig(deepspeed_config(self.cfg))   # alive => from_pretrained uses zero.Init
+        try:
+            policy, _ = build_policy(model_path, self.cfg.model_copy(update={"kl_beta": 0.0}), seed)
+        finally:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            del hf_ds
+        reference = None
+        if not self.cfg.lora.enabled and self.cfg.kl_beta > 0:
+            reference = load_causal_lm(model_path, self.cfg.dtype).eval().requires_grad_(False)
+        return policy, reference
 
     # --- the Trainer interface of learner.step --------------------------------------------
 
@@ -178,6 +204,116 @@ class Learner:
         if mode == "full":
             return export_safetensors(self.policy, names)
         raise ValueError(f"unknown export mode {mode!r}; use merged, adapter or full")
+
+    # --- direct weight broadcast into the rollout engines (learner.weight_broadcast) ----------
+
+    def _partitioned(self) -> bool:
+        return self.cfg.zero_stage == 3 and self.world_size > 1
+
+    def weight_endpoint(self) -> tuple[str, int]:
+        """Address where rank 0 will host the weight group's store."""
+        from learner.weight_broadcast import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def join_weight_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float,
+                          generation: int) -> int:
+        """Rank 0 becomes rank 0 of the weight group (blocks until every engine worker joined)."""
+        from learner.weight_broadcast import WeightSender
+
+        if self.rank != 0:
+            return -1
+        self.leave_weight_group()
+        self._sender = WeightSender(host, port, world_size, backend, timeout_s, generation)
+        return 0
+
+    def leave_weight_group(self) -> None:
+        sender = getattr(self, "_sender", None)
+        if sender is not None:
+            sender.close()
+        self._sender = None
+
+    def weight_layout(self, mode: str, names: list[str] | None = None) -> dict[str, Any]:
+        """What a sync of ``mode`` sends: [(name, dtype, shape)] and, for adapters, the adapter config."""
+        from learner.weight_broadcast import tensor_layout
+
+        if mode == "adapter":
+            return {"tensors": tensor_layout(adapter_layout(self.policy)),
+                    "adapter_config": adapter_config_json(self.policy)}
+        if mode == "merged":
+            if not self.cfg.lora.enabled:
+                raise ValueError("weight_sync merged needs LoRA; use full for full fine-tuning")
+            names = names if names is not None else self.trainable_names()
+        return {"tensors": tensor_layout(weight_layout(self.policy, names)), "adapter_config": None}
+
+    def broadcast_weights(self, mode: str, buckets: list[dict]) -> dict[str, Any]:
+        """Send every bucket to the engines. Collective under ZeRO-3 (all ranks gather each bucket
+        in turn, rank 0 sends it); other ranks return at once otherwise."""
+        import time
+
+        if self.rank != 0 and not self._partitioned():
+            return {"rank": self.rank}
+        sender = getattr(self, "_sender", None)
+        if self.rank == 0 and sender is None:
+            raise RuntimeError("broadcast_weights before join_weight_group")
+        device = sender.device if sender is not None else "cpu"
+        start, sent, sums = time.perf_counter(), 0, []
+        for bucket in buckets:
+            names = [t[0] for t in bucket["tensors"]]
+            tensors = (adapter_tensors(self.policy, names, device) if mode == "adapter"
+                       else export_tensors(self.policy, names, device))
+            if sender is not None:
+                nbytes, checksum = sender.send(bucket, tensors)
+                sent += nbytes
+                sums.append(checksum)
+            del tensors
+        return {"rank": self.rank, "bytes": sent, "checksums": sums, "seconds": time.perf_counter() - start}
+
+    def save_weights(self, directory: str, mode: str, shard_mb: int = 2048) -> list[str]:
+        """Rank 0 writes the policy into ``directory``: ``adapter`` (peft files) or ``full`` (HF
+        safetensors shards of at most ``shard_mb``, with an index when there are several). Under
+        ZeRO-3 every rank must call it (each shard is gathered in turn)."""
+        import json
+
+        from safetensors.torch import save_file
+
+        if self.rank != 0 and not self._partitioned():
+            return []
+        out = Path(directory)
+        if mode == "adapter":
+            files = adapter_files(self.policy)   # gathers the (small) LoRA tensors on every rank
+            if self.rank == 0:
+                out.mkdir(parents=True, exist_ok=True)
+                for name, data in files.items():
+                    (out / name).write_bytes(data)
+            return sorted(files) if self.rank == 0 else []
+        if mode != "full":
+            raise ValueError(f"save_weights mode {mode!r}: use adapter or full")
+        layout = weight_layout(self.policy)
+        shards: list[list[str]] = [[]]
+        size, limit = 0, shard_mb * 2**20
+        for name, dtype, shape in layout:
+            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            if shards[-1] and size + nbytes > limit:
+                shards.append([])
+                size = 0
+            shards[-1].append(name)
+            size += nbytes
+        if self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        written, weight_map = [], {}
+        for k, names in enumerate(shards):
+            tensors = export_tensors(self.policy, names)
+            if self.rank == 0:
+                fname = "model.safetensors" if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(tensors, str(out / fname), metadata={"format": "pt"})
+                written.append(fname)
+                weight_map.update({n: fname for n in names})
+            del tensors
+        if self.rank == 0 and len(shards) > 1:
+            (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+            written.append("model.safetensors.index.json")
+        return written
 
     def save_checkpoint(self, directory: str) -> str:
         """Engine state (trainable weights, optimizer) into ``directory``, replaced atomically.

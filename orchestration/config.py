@@ -5,13 +5,16 @@ the driver's own sections (run, data, model, ray) and composes them.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import model_validator, BaseModel, ConfigDict, Field
 
 from learner.config import LearnerConfig
 from reward.config import RewardConfig
 from rollout.config import RolloutConfig
+
+
+ResourceName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 class _Section(BaseModel):
@@ -71,6 +74,21 @@ class RayConfig(_Section):
                                 description="existing cluster address; null = $RAY_ADDRESS, else a local one")
     num_cpus: int | None = Field(None, ge=1, le=100_000,
                                  description="CPUs of a local Ray instance; null = all")
+    placement: Literal["disaggregate", "colocate"] = Field(
+        "disaggregate", description="disaggregate: every role its own bundles; colocate: learner rank i shares "
+                                    "bundle i (its GPU) with a rollout engine")
+    rollout_resources: dict[ResourceName, float] = Field(
+        default_factory=dict, description="custom Ray resources added to every rollout bundle (pin engines to nodes)")
+    reward_resources: dict[ResourceName, float] = Field(
+        default_factory=dict, description="custom Ray resources added to every reward replica's bundle")
+    learner_resources: dict[ResourceName, float] = Field(
+        default_factory=dict, description="custom Ray resources added to every learner rank's bundle")
+    start_timeout_s: float = Field(900.0, gt=0.0, le=86_400.0,
+                                   description="longest wait for placement groups and actors to start")
+    sync_timeout_s: float = Field(600.0, gt=0.0, le=86_400.0,
+                                  description="longest wait for one weight sync (every collective and call in it)")
+    call_timeout_s: float = Field(7200.0, gt=0.0, le=604_800.0,
+                                  description="longest wait for any other driver call (a learner step, a checkpoint)")
 
 
 class TrainConfig(_Section):

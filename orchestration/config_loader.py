@@ -136,14 +136,17 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
     data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for text in overrides:
         apply_override(data, *parse_override(text))
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        source += " + command-line overrides"
     try:
         cfg = schema.model_validate(data)
     except ValidationError as err:
-        source = str(path) if path is not None else "defaults"
-        if overrides:
-            source += " + command-line overrides"
         message = format_error(err, source) if format_error else format_validation_error(err, source, schema)
         raise ConfigError(message) from None
+    from orchestration.config_rules import check_config
+
+    check_config(cfg, source)   # all cross-field problems at once
     return resolve_dtypes(cfg)
 
 

@@ -62,9 +62,12 @@ def learner_root(cfg: SftRootConfig) -> SftRootConfig:
     return cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"kl_beta": 0.0})})
 
 
-def export_model(weights: bytes, base_dir: Path, out_dir: Path, note: dict[str, Any]) -> Path:
-    """``out_dir`` = the base model's config and tokenizer files + the trained weights, atomically."""
-    from safetensors.torch import load, save_file
+def export_model(learners, base_dir: Path, out_dir: Path, note: dict[str, Any], timeout_s: float) -> Path:
+    """``out_dir`` = the base model's config and tokenizer files + the trained weights, atomically.
+
+    Every learner rank takes part (under ZeRO-3 each shard is gathered in turn); rank 0 writes the
+    safetensors shards straight into the directory, so no weights pass through the driver."""
+    import ray
 
     tmp, old = out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -72,8 +75,7 @@ def export_model(weights: bytes, base_dir: Path, out_dir: Path, note: dict[str, 
     for f in base_dir.iterdir():
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
             shutil.copy2(f, tmp / f.name)
-    # transformers wants the "format" metadata that safetensors.torch.save leaves out
-    save_file(load(weights), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    ray.get([lw.save_weights.remote(str(tmp), "full") for lw in learners], timeout=timeout_s)
     write_json_atomic(tmp / "sft_provenance.json", note)
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():
@@ -103,19 +105,35 @@ class SftRun:
         self.dev_sources = to_sources(self.dev_set.pairs, self.dev_set)
         self.dev_batch = sft_batch(sft_trajectories(self.factory, self.dev_sources, k))
         self.build_s = time.perf_counter() - t0
+        from orchestration.placement import build_plan, reserve
+
+        root = learner_root(cfg).model_copy(
+            update={"model": cfg.model.model_copy(update={"path": self.model_path, "init_from": None})})
+        plan = build_plan(root)
+        if not cfg.sft.eval_rollouts:
+            plan.groups = [g for g in plan.groups if g.name in {s.group for s in plan.learner}]
         self._started_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
-        self.learners = build_learners(learner_root(cfg).model_copy(
-            update={"model": cfg.model.model_copy(update={"path": self.model_path, "init_from": None})}))
+        self.placement = reserve(plan, cfg.ray.start_timeout_s)
+        self.learners = build_learners(root, self.placement, plan)
         self.pool = None
         if cfg.sft.eval_rollouts:
+            from orchestration.weight_sync import WeightSync, backend_for
             from rollout.worker import RolloutPool
 
-            self.pool = RolloutPool(self.model_path, cfg.model.dtype, cfg.rollout, cfg.run.seed)
+            self.pool = RolloutPool(self.model_path, cfg.model.dtype, cfg.rollout, cfg.run.seed,
+                                    slots=[self.placement.options(s) for s in plan.rollout],
+                                    start_timeout_s=cfg.ray.start_timeout_s, call_timeout_s=cfg.ray.sync_timeout_s)
             self.sync_mode = cfg.rollout.weight_sync
             if self.sync_mode == "merged" and not cfg.learner.lora.enabled:
                 self.sync_mode = "full"
             self.sync_names = sync_names(cfg.model_copy(update={"rollout": cfg.rollout.model_copy(
                 update={"weight_sync": self.sync_mode})}), self.learners)
+            self.weights = WeightSync(self.learners, self.pool, self.sync_mode, self.sync_names,
+                                      tensor_parallel=cfg.rollout.engine.tensor_parallel_size,
+                                      backend=backend_for(cfg), bucket_mb=cfg.rollout.weight_bucket_mb,
+                                      timeout_s=cfg.ray.sync_timeout_s)
+            self.weights.connect()
+            self.pool.on_replace = self.weights.replace
 
     def dev_loss(self) -> float:
         import ray
@@ -135,8 +153,7 @@ class SftRun:
 
         t0 = time.perf_counter()
         if version > 0:
-            payload = ray.get(self.learners[0].export_weights.remote(self.sync_mode, self.sync_names))
-            self.pool.update_weights(version, self.sync_mode, payload)
+            self.weights.push(version)
         trajs, _ = self.pool.rollout(self.dev_sources, 1, Sampling(temperature=0.0))
         unit = unit_of_language(self.dev_set.tgt_lang)
         als = [al(t["delays"], t["source_length"], reference_length(s.reference, unit))
@@ -184,21 +201,19 @@ class SftRun:
     def save(self, epoch: int) -> Path | None:
         import ray
 
+        timeout = self.cfg.ray.call_timeout_s
+
         def parts(tmp: Path) -> None:
-            lora = self.cfg.learner.lora.enabled
-            if lora:
-                out = tmp / "adapter"
-                out.mkdir()
-                for name, data in ray.get(self.learners[0].export_weights.remote("adapter", None)).items():
-                    (out / name).write_bytes(data)
+            if self.cfg.learner.lora.enabled:   # every rank: gathering under ZeRO-3 is a collective
+                ray.get([lw.save_weights.remote(str(tmp / "adapter"), "adapter") for lw in self.learners],
+                        timeout=timeout)
 
         write_checkpoint(self.run_dir, epoch, {"epoch": epoch, "step": self.step, "history": self.history}, parts)
         if not self.cfg.sft.export_model:
             return None
-        weights = ray.get(self.learners[0].export_weights.remote("full", None))
-        return export_model(weights, Path(self.model_path), self.run_dir / SFT_MODEL_DIR,
+        return export_model(self.learners, Path(self.model_path), self.run_dir / SFT_MODEL_DIR,
                             {"base_model": self.model_path, "sft_run": str(self.run_dir), "epoch": epoch,
-                             "lora_merged": self.cfg.learner.lora.enabled})
+                             "lora_merged": self.cfg.learner.lora.enabled}, timeout)
 
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
@@ -225,6 +240,8 @@ class SftRun:
         closers = [lambda: ray.get([lw.shutdown.remote() for lw in getattr(self, "learners", [])], timeout=120)]
         if getattr(self, "pool", None) is not None:
             closers.insert(0, self.pool.shutdown)
+        if getattr(self, "placement", None) is not None:
+            closers.append(self.placement.remove)
         close_all(closers, getattr(self, "_started_ray", False))
 
 

@@ -72,16 +72,32 @@ class Trainer:
         from reward.client import RewardClient
         from rollout.worker import RolloutPool
 
+        from orchestration.placement import build_plan, reserve
+        from orchestration.weight_sync import WeightSync, backend_for
+
         cfg = self.cfg
+        plan = build_plan(cfg)                  # pure: a config that cannot fit fails below, in seconds
         self._started_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
         t0 = time.perf_counter()
-        self.learners = build_learners(cfg)
-        self.rollout = RolloutPool(self._model_path(), cfg.model.dtype, cfg.rollout, cfg.run.seed)
-        self.reward = RewardClient(cfg.reward.settings())
-        self.reward.wait_ready()
+        self.placement = reserve(plan, cfg.ray.start_timeout_s)
+        self.learners = build_learners(cfg, self.placement, plan)
+        self.rollout = RolloutPool(self._model_path(), cfg.model.dtype, cfg.rollout, cfg.run.seed,
+                                   slots=[self.placement.options(s) for s in plan.rollout],
+                                   start_timeout_s=cfg.ray.start_timeout_s, call_timeout_s=cfg.ray.sync_timeout_s)
+        self.reward = RewardClient(cfg.reward.settings(), placement=[self.placement.options(s) for s in plan.reward],
+                                   timeout_s=cfg.ray.call_timeout_s)
+        self.reward.wait_ready(timeout_s=cfg.ray.start_timeout_s)
         self.sync_names = sync_names(cfg, self.learners)
         self.ahead = RolloutAhead(self._produce, depth_of(cfg.train.mode, cfg.train.max_staleness),
                                   timeout_s=cfg.train.call_timeout_s)
+        self.weights = WeightSync(self.learners, self.rollout, cfg.rollout.weight_sync, self.sync_names,
+                                  tensor_parallel=cfg.rollout.engine.tensor_parallel_size, backend=backend_for(cfg),
+                                  bucket_mb=cfg.rollout.weight_bucket_mb, timeout_s=cfg.ray.sync_timeout_s)
+        self.weights.connect()
+        self.rollout.on_replace = self.weights.replace   # a new worker joins and gets the current weights
+        from orchestration.placement import describe
+
+        write_json_atomic(self.run_dir / "placement.json", describe(plan))   # where every actor runs
         self.startup_s = time.perf_counter() - t0
         if self._resume_from is not None:
             self._restore(self._resume_from)
@@ -116,16 +132,12 @@ class Trainer:
     # --- one step ------------------------------------------------------------------------------
 
     def sync(self, version: int) -> dict[str, float]:
-        import ray
-
-        mode = self.cfg.rollout.weight_sync
+        """Broadcast the learner's weights into every engine as ``version`` (orchestration.weight_sync)."""
         t0 = time.perf_counter()
-        payload = ray.get(self.learners[0].export_weights.remote(mode, self.sync_names))
-        export_s = time.perf_counter() - t0
-        info = self.rollout.update_weights(version, mode, payload)
+        info = self.weights.push(version)
         self.version = version
-        return {"time/sync_s": time.perf_counter() - t0, "time/sync_export_s": export_s,
-                "time/sync_load_s": info["seconds"]}
+        return {"time/sync_s": time.perf_counter() - t0, "time/sync_export_s": info["send_s"],
+                "time/sync_load_s": info["engine_seconds"], "sync/bytes": info["bytes"]}
 
     def _plan(self, step: int) -> list:
         """The sources of ``step``: the next draws of the cursor, seeded by (seed, step, draw)."""
@@ -291,17 +303,14 @@ class Trainer:
     def checkpoint(self) -> Path:
         import ray
 
+        timeout = self.cfg.ray.call_timeout_s
+
         def parts(tmp: Path) -> None:
-            ray.get([lw.save_checkpoint.remote(str(tmp / "learner")) for lw in self.learners])
-            weights = ray.get(self.learners[0].export_weights.remote(
-                "adapter" if self.cfg.learner.lora.enabled else "full", None))
-            out = tmp / ("adapter" if isinstance(weights, dict) else "weights")
-            out.mkdir()
-            if isinstance(weights, dict):
-                for name, data in weights.items():
-                    (out / name).write_bytes(data)
-            else:
-                (out / "model.safetensors").write_bytes(weights)
+            # every rank takes part (under ZeRO-3 saving and gathering are collectives); rank 0 writes
+            ray.get([lw.save_checkpoint.remote(str(tmp / "learner")) for lw in self.learners], timeout=timeout)
+            mode = "adapter" if self.cfg.learner.lora.enabled else "full"
+            ray.get([lw.save_weights.remote(str(tmp / ("adapter" if mode == "adapter" else "weights")), mode)
+                     for lw in self.learners], timeout=timeout)
 
         self.ahead.settle()   # the cursor already counts batches under way: keep them with it
         return write_checkpoint(self.run_dir, self.step, {
@@ -353,9 +362,11 @@ class Trainer:
         self.log.close()
         if hasattr(self, "ahead"):
             self.ahead.close()
-        closers = [lambda: self.rollout.shutdown(), lambda: self.reward.close()]
-        close_all([c for c, part in zip(closers + [close_learners], ("rollout", "reward", "learners"))
-                   if hasattr(self, part)], getattr(self, "_started_ray", False))
+        started = [name for name in ("weights", "rollout", "reward", "learners", "placement") if hasattr(self, name)]
+        steps = {"weights": lambda: self.weights.close(), "rollout": lambda: self.rollout.shutdown(),
+                 "reward": lambda: self.reward.close(), "learners": close_learners,
+                 "placement": lambda: self.placement.remove()}
+        close_all([steps[name] for name in started], getattr(self, "_started_ray", False))
 
 
 def summary_table(history: dict[str, Any]) -> str:

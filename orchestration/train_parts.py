@@ -162,27 +162,25 @@ def policy_path(cfg: RootConfig) -> str:
     return str(local) if local.exists() else cfg.model.path
 
 
-def build_learners(cfg: RootConfig) -> list:
-    """One LearnerWorker per data-parallel rank, placed through a placement group."""
+def build_learners(cfg: RootConfig, reserved=None, plan=None) -> list:
+    """One LearnerWorker per data-parallel rank, each in its slot of the placement plan
+    (``orchestration.placement``); without one, the learner part of the config's plan is reserved."""
     import ray
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from learner.config import LearnerConfig
     from learner.worker import LearnerWorker, worker_options
+    from orchestration.placement import build_plan, reserve
 
-    lc = cfg.learner
-    bundle = {"CPU": lc.num_cpus_per_rank} | ({"GPU": lc.num_gpus_per_rank} if lc.num_gpus_per_rank else {})
-    use_pg = any(v > 0 for v in bundle.values())
-    pg = placement_group([bundle] * lc.num_ranks, strategy="PACK") if use_pg else None
-    if pg is not None:
-        ray.get(pg.ready(), timeout=600)
+    lc, timeout = cfg.learner, cfg.ray.start_timeout_s
+    if reserved is None:
+        plan = build_plan(cfg)
+        used = {s.group for s in plan.learner}
+        plan.groups = [g for g in plan.groups if g.name in used]
+        reserved = reserve(plan, timeout)
 
     def opts(i: int) -> dict[str, Any]:
         o: dict[str, Any] = worker_options(LearnerConfig.model_validate(lc.model_dump()))
-        if pg is not None:
-            o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=pg,
-                                                                        placement_group_bundle_index=i)
+        o.update(reserved.options(plan.learner[i]))
         return o
 
     @ray.remote(num_cpus=0)
@@ -193,13 +191,13 @@ def build_learners(cfg: RootConfig) -> list:
             s.bind(("", 0))
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
-    ep_opts = {"scheduling_strategy": opts(0)["scheduling_strategy"]} if pg is not None else {}
-    addr, port = ray.get(master_endpoint.options(**ep_opts).remote())
+    ep_opts = {k: v for k, v in opts(0).items() if k == "scheduling_strategy"}
+    addr, port = ray.get(master_endpoint.options(**ep_opts).remote(), timeout=timeout)
     model = policy_path(cfg)
     workers = [LearnerWorker.options(**opts(i)).remote(lc.model_dump(), model, i, lc.num_ranks, addr, port,
                                                        cfg.run.seed)
                for i in range(lc.num_ranks)]
-    ray.get([w.trainable_names.remote() for w in workers])   # wait until every rank is up
+    ray.get([w.trainable_names.remote() for w in workers], timeout=timeout)   # wait until every rank is up
     return workers
 
 
@@ -211,7 +209,7 @@ def sync_names(cfg: RootConfig, learners: Sequence) -> list[str] | None:
 
     from rollout.weights import expand_packed
 
-    return expand_packed(ray.get(learners[0].trainable_names.remote()))
+    return expand_packed(ray.get(learners[0].trainable_names.remote(), timeout=cfg.ray.call_timeout_s))
 
 
 class RunStopped(RuntimeError):

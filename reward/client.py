@@ -39,18 +39,32 @@ def shard(items: Sequence[T], parts: int) -> list[list[T]]:
 class RewardClient:
     """Replicas of the reward service behind one ``score`` / ``quality`` call."""
 
-    def __init__(self, settings: RewardSettings, factory: ActorFactory = create_reward_service) -> None:
+    def __init__(self, settings: RewardSettings, factory: ActorFactory = create_reward_service,
+                 placement: Sequence[dict[str, Any]] | None = None, timeout_s: float | None = None) -> None:
+        """``placement``: Ray options of replica i (its placement-group bundle) from the driver's plan;
+        ``timeout_s``: longest wait for one call (None = no limit)."""
         self.settings = settings
         self._factory = factory
-        self.actors = [factory(settings) for _ in range(settings.replicas)]
+        self._placement = list(placement) if placement is not None else None
+        self.timeout_s = timeout_s
+        self.actors = [self._new_actor(i) for i in range(settings.replicas)]
         self.restarts = 0
 
-    def wait_ready(self) -> list[dict[str, Any]]:
+    def _new_actor(self, index: int):
+        return self._factory(self.settings) if self._placement is None else self._placed_factory(index)
+
+    def _placed_factory(self, index: int):
+        from reward.service import RewardService, actor_options
+
+        return RewardService.options(**{**actor_options(self.settings), **self._placement[index]}).remote(self.settings)
+
+    def wait_ready(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
         """Block until every replica has built its scorer; a failed start raises RuntimeError."""
         try:
-            return ray.get([a.info.remote() for a in self.actors], timeout=CALL_TIMEOUT_S)
+            limit = timeout_s or self.timeout_s or CALL_TIMEOUT_S
+            return ray.get([a.info.remote() for a in self.actors], timeout=limit)
         except GetTimeoutError:
-            raise RuntimeError(f"the reward service did not start within {CALL_TIMEOUT_S:g} s") from None
+            raise RuntimeError(f"the reward service did not start within {limit:g} s") from None
         except RayActorError as exc:
             # Usually the scorer's constructor failed (missing checkpoint, bad interpreter).
             raise RuntimeError(f"a reward service replica failed to start: {exc}") from None
@@ -60,7 +74,7 @@ class RewardClient:
             ray.kill(self.actors[index], no_restart=True)
         except Exception:  # already gone: nothing to clean up
             pass
-        self.actors[index] = self._factory(self.settings)
+        self.actors[index] = self._new_actor(index)
         self.restarts += 1
 
     def _call(self, method: str, shards: list[list[Any]]) -> list[Any]:
@@ -69,10 +83,10 @@ class RewardClient:
         results = []
         for i, (ref, part) in enumerate(zip(refs, shards)):
             try:
-                results.append(ray.get(ref, timeout=CALL_TIMEOUT_S))
+                results.append(ray.get(ref, timeout=self.timeout_s or CALL_TIMEOUT_S))
             except RayActorError:
                 self._restart(i)
-                results.append(ray.get(getattr(self.actors[i], method).remote(part), timeout=CALL_TIMEOUT_S))
+                results.append(ray.get(getattr(self.actors[i], method).remote(part), timeout=self.timeout_s or CALL_TIMEOUT_S))
         return results
 
     def score(self, groups: Sequence[Sequence[RewardInput]]) -> ScoreBatch:

@@ -84,3 +84,5 @@ class RolloutConfig(BaseModel):
     num_gpus_per_worker: float = Field(0.0, ge=0.0, le=64.0, description="Ray GPUs reserved per worker")
     weight_sync: Literal["merged", "adapter", "full"] = Field(
         "merged", description="how new weights reach the engines: merged LoRA delta, LoRA adapter, all weights")
+    weight_bucket_mb: int = Field(
+        512, ge=1, le=65536, description="largest bucket of the weight broadcast (MiB; a bigger tensor goes alone)")

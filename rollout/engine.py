@@ -76,6 +76,9 @@ class VLLMEngine:
             kwargs["max_logprobs"] = max_logprobs
         if cfg.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
+        if cfg.tensor_parallel_size > 1 and self.gpu:
+            # TP workers as Ray actors in the engine's placement-group bundles (orchestration.placement)
+            kwargs["distributed_executor_backend"] = "ray"
         self.llm = LLM(**kwargs)
         self.start_s = time.perf_counter() - start
         self.tokenizer = self.llm.get_tokenizer()
@@ -203,14 +206,18 @@ class VLLMEngine:
 
     def load_adapter(self, files: dict[str, bytes], version: int) -> dict[str, float]:
         """Activate a new LoRA adapter version (peft files: adapter_config.json, weights)."""
-        from vllm.lora.request import LoRARequest
-
         if not self.cfg.enable_lora:
             raise RuntimeError("weight_sync=adapter needs rollout.engine.enable_lora=true")
         start = time.perf_counter()
         new_dir = tempfile.TemporaryDirectory(prefix=f"simulrl-adapter-v{version}-")
         for name, data in files.items():
             (Path(new_dir.name) / name).write_bytes(data)
+        self._activate_adapter(new_dir, version)
+        return {"seconds": time.perf_counter() - start, "tensors": float(len(files))}
+
+    def _activate_adapter(self, new_dir: tempfile.TemporaryDirectory, version: int) -> None:
+        from vllm.lora.request import LoRARequest
+
         # a new id per version: vLLM caches adapters by id
         request = LoRARequest(f"policy-v{version}", version + 1, new_dir.name)
         self.llm.llm_engine.add_lora(request)
@@ -218,7 +225,39 @@ class VLLMEngine:
         self._lora, self._adapter_dir = request, new_dir
         self.llm.reset_prefix_cache()
         self.weight_version = version
-        return {"seconds": time.perf_counter() - start, "tensors": float(len(files))}
+
+    # --- the direct path: a weight group with the learner (rollout.vllm_ext) ----------------
+
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          timeout_s: float, generation: int) -> list[dict]:
+        """Every worker of this engine joins the learner's weight group (ranks from ``rank_offset``)."""
+        return self.llm.collective_rpc("simulrl_join_weight_group", timeout=timeout_s,
+                                       args=(host, port, rank_offset, world_size, backend, timeout_s, generation))
+
+    def receive_weights(self, version: int, mode: str, buckets: list[dict], adapter_config: str | None,
+                        timeout_s: float) -> dict[str, Any]:
+        """Receive one sync broadcast by the learner and make it the engine's weights.
+
+        ``merged``/``full``: reloaded in place bucket by bucket; ``adapter``: written as a peft
+        directory and activated as a new LoRA version. Returns each worker's bucket checksums."""
+        start = time.perf_counter()
+        if mode == "adapter":
+            if not self.cfg.enable_lora:
+                raise RuntimeError("weight_sync=adapter needs rollout.engine.enable_lora=true")
+            new_dir = tempfile.TemporaryDirectory(prefix=f"simulrl-adapter-v{version}-")
+            (Path(new_dir.name) / "adapter_config.json").write_text(adapter_config or "", encoding="utf-8")
+            infos = self.llm.collective_rpc("simulrl_receive_weights", timeout=timeout_s,
+                                            args=(buckets, new_dir.name))
+            self._activate_adapter(new_dir, version)
+        elif mode in ("merged", "full"):
+            infos = self.llm.collective_rpc("simulrl_receive_weights", timeout=timeout_s, args=(buckets, None))
+            self._drop_adapter()
+            self.llm.reset_prefix_cache()
+            self.weight_version = version
+        else:
+            raise ValueError(f"unknown weight update mode {mode!r}")
+        return {"seconds": time.perf_counter() - start, "tensors": float(infos[0]["tensors"]),
+                "checksums": [i["checksums"] for i in infos], "weight_version": version}
 
     def _drop_adapter(self) -> None:
         if self._lora is not None:

@@ -25,3 +25,36 @@ def expand_packed(names: Iterable[str]) -> list[str]:
                 if part in group:
                     out.update(".".join(parts[:i] + [sib] + parts[i + 1:]) for sib in group)
     return sorted(out)
+
+
+DTYPE_SIZES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
+ALIGN = 64   # byte offset of every tensor in a bucket (any dtype can be viewed in place)
+
+
+def plan_buckets(layout: Iterable[tuple[str, str, list[int]]], max_bytes: int) -> list[dict]:
+    """Group (name, dtype, shape) rows, in order, into buckets of at most ``max_bytes``
+    (a larger tensor travels alone). Each bucket: ``{"size": bytes, "tensors": [(name, dtype,
+    shape, offset, nbytes)]}``, the layout of one flat uint8 buffer that sender and receivers share."""
+    buckets: list[dict] = []
+    current: list[tuple[str, str, list[int], int, int]] = []
+    size = 0
+    for name, dtype, shape in layout:
+        if dtype not in DTYPE_SIZES:
+            raise ValueError(f"{name}: dtype {dtype} cannot be sent (one of {sorted(DTYPE_SIZES)})")
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        nbytes = numel * DTYPE_SIZES[dtype]
+        offset = -(-size // ALIGN) * ALIGN
+        if current and offset + nbytes > max_bytes:
+            buckets.append({"size": size, "tensors": current})
+            current, offset = [], 0
+        current.append((name, dtype, list(shape), offset, nbytes))
+        size = offset + nbytes
+    if current:
+        buckets.append({"size": size, "tensors": current})
+    return buckets
+
+
+def bucket_bytes(buckets: Iterable[dict]) -> int:
+    return sum(b["size"] for b in buckets)

@@ -61,6 +61,14 @@ class RolloutWorker:
             return self.engine.load_tensors(payload, version)
         raise ValueError(f"unknown weight update mode {mode!r}")
 
+    def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          timeout_s: float, generation: int) -> list[dict]:
+        return self.engine.join_weight_group(host, port, rank_offset, world_size, backend, timeout_s, generation)
+
+    def receive_weights(self, version: int, mode: str, buckets: list[dict], adapter_config: str | None,
+                        timeout_s: float) -> dict[str, Any]:
+        return self.engine.receive_weights(version, mode, buckets, adapter_config, timeout_s)
+
     def shutdown(self) -> None:
         self.engine.shutdown()
 
@@ -81,14 +89,21 @@ class RolloutPool:
     """N RolloutWorker replicas; restarts a dead one and redoes its shard."""
 
     def __init__(self, model: str, dtype: str, cfg: RolloutConfig, seed: int,
-                 placement_group: Any = None, bundle_offset: int = 0, max_restarts: int = 3):
+                 slots: Sequence[dict[str, Any]] | None = None, max_restarts: int = 3,
+                 start_timeout_s: float = 900.0, call_timeout_s: float = 600.0):
+        """``slots``: Ray options of worker i (resources, placement-group strategy, env) from the
+        driver's placement plan; without them each worker asks for the config's CPUs/GPUs."""
         self.model, self.dtype, self.cfg, self.seed = model, dtype, cfg, seed
-        self.placement_group, self.bundle_offset = placement_group, bundle_offset
+        self.slots = list(slots) if slots is not None else None
         self.max_restarts = max_restarts
+        self.start_timeout_s, self.call_timeout_s = start_timeout_s, call_timeout_s
         self.restarts = 0
+        # called with a replacement worker's index once it is up, to give it the current weights;
+        # without it the pool replays the last driver-path update (``update_weights``)
+        self.on_replace: Any = None
         self._last_update: tuple[int, str, Any] | None = None
         self.workers = [self._start(i) for i in range(cfg.num_workers)]
-        self.infos = self._ray().get([w.info.remote() for w in self.workers])
+        self.infos = self._ray().get([w.info.remote() for w in self.workers], timeout=start_timeout_s)
 
     @staticmethod
     def _ray():
@@ -100,12 +115,8 @@ class RolloutPool:
         ray = self._ray()
         options: dict[str, Any] = dict(num_cpus=self.cfg.num_cpus_per_worker,
                                        num_gpus=self.cfg.num_gpus_per_worker, max_restarts=0)
-        if self.placement_group is not None:
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=self.placement_group,
-                placement_group_bundle_index=self.bundle_offset + index)
+        if self.slots is not None:
+            options.update(self.slots[index])
         actor = ray.remote(RolloutWorker).options(**options).remote(
             self.model, self.dtype, self.cfg.model_dump(), self.seed, index)
         return actor
@@ -121,10 +132,12 @@ class RolloutPool:
         except Exception:  # noqa: BLE001 - already gone
             pass
         self.workers[index] = self._start(index)
-        self.infos[index] = ray.get(self.workers[index].info.remote())
-        if self._last_update is not None:
+        self.infos[index] = ray.get(self.workers[index].info.remote(), timeout=self.start_timeout_s)
+        if self.on_replace is not None:
+            self.on_replace(index)
+        elif self._last_update is not None:
             version, mode, payload = self._last_update
-            ray.get(self.workers[index].update_weights.remote(version, mode, payload))
+            ray.get(self.workers[index].update_weights.remote(version, mode, payload), timeout=self.call_timeout_s)
 
     def rollout(self, sources: Sequence[Source], group_size: int, sampling: Sampling,
                 timeout_s: float = 3600.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -167,11 +180,14 @@ class RolloutPool:
                                               sampling.temperature, sampling.top_p)
 
     def update_weights(self, version: int, mode: str, payload: Any) -> dict[str, float]:
+        """The driver path: ``payload`` bytes through the object store into every engine (the
+        baseline of ``launch.py bench sync``; training broadcasts, ``orchestration.weight_sync``)."""
         ray = self._ray()
         start = time.perf_counter()
         self._last_update = (version, mode, payload)
         ref = ray.put(payload)   # one copy in the object store for all replicas
-        infos = ray.get([w.update_weights.remote(version, mode, ref) for w in self.workers])
+        infos = ray.get([w.update_weights.remote(version, mode, ref) for w in self.workers],
+                        timeout=self.call_timeout_s)
         return {"seconds": time.perf_counter() - start,
                 "engine_seconds": max(i["seconds"] for i in infos)}
 

@@ -1,0 +1,112 @@
+"""Rules between config fields, checked together before Ray starts (all problems at once).
+
+Each rule looks at a few sections and returns ``dotted.key: what is wrong and what to do``.
+``config_problems`` runs every rule that applies to the sections a root config has (the
+``sft`` and ``eval`` roots share most sections with ``train``); ``check_config`` raises one
+``ConfigError`` listing all of them.
+"""
+from __future__ import annotations
+
+import math
+
+
+def _whole(x: float) -> bool:
+    return math.isclose(x, round(x))
+
+
+def weight_sync_rules(cfg) -> list[str]:
+    ro, le = cfg.rollout, cfg.learner
+    out = []
+    mode, lora = ro.weight_sync, le.lora.enabled
+    # SFT exports full weights when there is no LoRA (orchestration.sft); train cannot
+    if mode == "merged" and not lora and not hasattr(cfg, "sft"):
+        out.append("rollout.weight_sync=merged: merges a LoRA delta but learner.lora.enabled=false; "
+                   "use rollout.weight_sync=full for full fine-tuning")
+    if mode == "adapter":
+        if not lora:
+            out.append("rollout.weight_sync=adapter: needs learner.lora.enabled=true (there is no adapter to send)")
+        if not ro.engine.enable_lora:
+            out.append("rollout.weight_sync=adapter: needs rollout.engine.enable_lora=true")
+        elif lora and ro.engine.max_lora_rank < le.lora.r:
+            out.append(f"rollout.engine.max_lora_rank={ro.engine.max_lora_rank}: below learner.lora.r="
+                       f"{le.lora.r}; the engine would refuse the adapter")
+    return out
+
+
+def resource_rules(cfg) -> list[str]:
+    ro, le, rw, rc = cfg.rollout, cfg.learner, cfg.reward, cfg.ray
+    tp = ro.engine.tensor_parallel_size
+    out = []
+    if tp > 1 and ro.num_gpus_per_worker == 0:
+        out.append(f"rollout.engine.tensor_parallel_size={tp}: tensor parallelism needs GPUs; "
+                   f"set rollout.num_gpus_per_worker={tp} (GPUs per engine)")
+    if tp > 1 and rc.placement == "disaggregate" and 0 < ro.num_gpus_per_worker != tp:
+        out.append(f"rollout.num_gpus_per_worker={ro.num_gpus_per_worker:g}: with rollout.engine."
+                   f"tensor_parallel_size={tp} an engine uses {tp} whole GPUs; set it to {tp}")
+    if tp == 1 and ro.num_gpus_per_worker > 1:
+        out.append(f"rollout.num_gpus_per_worker={ro.num_gpus_per_worker:g}: one engine uses more than one GPU "
+                   f"only with rollout.engine.tensor_parallel_size={ro.num_gpus_per_worker:g}")
+    if le.num_gpus_per_rank > 1 and not _whole(le.num_gpus_per_rank):
+        out.append(f"learner.num_gpus_per_rank={le.num_gpus_per_rank:g}: a rank uses a share of one GPU "
+                   "(at most 1) or whole GPUs")
+    if le.num_gpus_per_rank > 1:
+        out.append(f"learner.num_gpus_per_rank={le.num_gpus_per_rank:g}: a DeepSpeed rank drives one GPU; "
+                   "use more learner.num_ranks instead")
+    gpu_learner, gpu_rollout = le.num_gpus_per_rank > 0, ro.num_gpus_per_worker > 0
+    if rw.device == "cuda" and rw.quality != "comet":
+        out.append(f"reward.device=cuda: only COMET runs on a GPU; reward.quality={rw.quality} would hold a GPU "
+                   "idle (use reward.device=cpu)")
+    if rc.placement == "colocate":
+        if ro.num_workers * tp != le.num_ranks:
+            out.append(f"ray.placement=colocate: puts one learner rank and 1/tensor_parallel_size of an engine on "
+                       f"each GPU, so rollout.num_workers × rollout.engine.tensor_parallel_size "
+                       f"({ro.num_workers} × {tp}) must equal learner.num_ranks ({le.num_ranks})")
+        if gpu_learner != gpu_rollout:
+            out.append("ray.placement=colocate: learner.num_gpus_per_rank and rollout.num_gpus_per_worker must "
+                       "both be 0 (CPU) or both above 0 (sharing GPUs)")
+        share = le.num_gpus_per_rank + (ro.num_gpus_per_worker / tp)
+        if gpu_learner and share > 1 + 1e-9:
+            out.append(f"ray.placement=colocate: learner.num_gpus_per_rank + rollout.num_gpus_per_worker / "
+                       f"tensor_parallel_size = {share:g} GPUs per bundle; colocated actors share one GPU "
+                       "(e.g. 0.5 + 0.5)")
+        if gpu_rollout and ro.engine.gpu_memory_utilization > 0.7:
+            out.append(f"rollout.engine.gpu_memory_utilization={ro.engine.gpu_memory_utilization:g}: colocated "
+                       "with a learner rank the engine must leave the GPU room (at most 0.7)")
+    return out
+
+
+def shape_rules(cfg) -> list[str]:
+    ro, le = cfg.rollout, cfg.learner
+    out = []
+    ep, eng = ro.episode, ro.engine
+    if ep.max_new_tokens_final >= eng.max_model_len:
+        out.append(f"rollout.episode.max_new_tokens_final={ep.max_new_tokens_final}: not below "
+                   f"rollout.engine.max_model_len={eng.max_model_len}; no episode could finish")
+    if hasattr(cfg, "train") and not hasattr(cfg, "sft"):
+        batch = cfg.train.sources_per_step * ro.sampling.group_size
+        if batch < le.num_ranks:
+            out.append(f"train.sources_per_step × rollout.sampling.group_size = {batch} trajectories per step: "
+                       f"fewer than learner.num_ranks={le.num_ranks}; some ranks would get nothing")
+        if ro.sampling.group_size == 1:
+            out.append("rollout.sampling.group_size=1: GRPO compares trajectories of one source; every "
+                       "advantage would be 0 (use 2 or more)")
+    return out
+
+
+RULES = (weight_sync_rules, resource_rules, shape_rules)
+
+
+def config_problems(cfg) -> list[str]:
+    """Every cross-field problem of a root config (empty when it is consistent)."""
+    if not all(hasattr(cfg, s) for s in ("rollout", "learner", "reward", "ray")):
+        return []
+    return [p for rule in RULES for p in rule(cfg)]
+
+
+def check_config(cfg, source: str = "config") -> None:
+    problems = config_problems(cfg)
+    if problems:
+        from orchestration.config_loader import ConfigError
+
+        raise ConfigError(f"{source}: {len(problems)} inconsistent setting(s):\n  " + "\n  ".join(problems))
+
