@@ -1,7 +1,7 @@
 """``launch.py bench sync``: the direct weight broadcast against the driver-bytes path.
 
-One engine (the config's model and rollout section) and one learner rank. For the merged LoRA
-delta and for full weights, the same weights are pushed into the running engine both ways, each
+One engine (the config's model and rollout section) and one LoRA learner rank. For the merged
+LoRA delta and for full weights (every tensor, the delta merged in), the same weights are pushed into the running engine both ways, each
 ``repeats`` times, alternating: the broadcast (learner rank 0 → gloo/NCCL group → the engine's
 worker, in buckets) and the baseline (rank 0's safetensors ``bytes`` → driver → object store →
 rollout actor → ``collective_rpc`` into the worker). Per path: median seconds, bytes moved,
@@ -24,7 +24,9 @@ from orchestration.config import RootConfig
 from orchestration.config_loader import load_config
 from orchestration.runtime import start_ray, write_json_atomic
 
-CASES = (("merged", True), ("full", False))   # (weight_sync mode, LoRA)
+# one LoRA learner serves both: "full" sends every weight (the LoRA delta merged in), the bytes a
+# full fine-tune sends, without a second model and its fp32 master copy in memory
+CASES = ("merged", "full")
 
 
 def _rss_bytes() -> int:
@@ -60,27 +62,31 @@ def _greedy_ids(pool, source) -> list[list[int]]:
     return [t["token_ids"] for t in trajs]
 
 
-def bench_case(cfg: RootConfig, pool, mode: str, lora: bool, repeats: int, source) -> dict[str, Any]:
-    import gc
-
-    import ray
-
+def start_learner(cfg: RootConfig):
+    """One LoRA learner rank in its placement slot: (learners, reserved groups, merged-sync names)."""
     from orchestration.placement import build_plan, reserve
     from orchestration.train_parts import build_learners, sync_names
-    from orchestration.weight_sync import WeightSync, backend_for, push_via_driver
 
-    lcfg = cfg.learner.model_copy(update={"lora": cfg.learner.lora.model_copy(update={"enabled": lora}),
+    lcfg = cfg.learner.model_copy(update={"lora": cfg.learner.lora.model_copy(update={"enabled": True}),
                                           "kl_beta": 0.0, "num_ranks": 1})
-    case_cfg = cfg.model_copy(update={"learner": lcfg, "rollout": cfg.rollout.model_copy(update={"weight_sync": mode})})
-    plan = build_plan(case_cfg)
+    lora_cfg = cfg.model_copy(update={"learner": lcfg, "rollout": cfg.rollout.model_copy(update={"weight_sync": "merged"})})
+    plan = build_plan(lora_cfg)
     plan.groups = [g for g in plan.groups if g.name in {s.group for s in plan.learner}]
     reserved = reserve(plan, cfg.ray.start_timeout_s)
-    learners = build_learners(case_cfg, reserved, plan)
-    names = sync_names(case_cfg, learners)
+    learners = build_learners(lora_cfg, reserved, plan)
+    return learners, reserved, sync_names(lora_cfg, learners)
+
+
+def bench_case(cfg: RootConfig, pool, learners, mode: str, merged_names, repeats: int, source) -> dict[str, Any]:
+    import gc
+
+    from orchestration.weight_sync import WeightSync, backend_for, push_via_driver
+
+    names = merged_names if mode == "merged" else None
     sync = WeightSync(learners, pool, mode, names, tensor_parallel=cfg.rollout.engine.tensor_parallel_size,
-                      backend=backend_for(case_cfg), bucket_mb=cfg.rollout.weight_bucket_mb,
+                      backend=backend_for(cfg), bucket_mb=cfg.rollout.weight_bucket_mb,
                       timeout_s=cfg.ray.sync_timeout_s)
-    version = 100 if lora else 200
+    version = 100 if mode == "merged" else 200
     rows: dict[str, list[dict[str, Any]]] = {"broadcast": [], "driver": []}
     outputs: dict[str, list] = {}
     try:
@@ -103,11 +109,7 @@ def bench_case(cfg: RootConfig, pool, mode: str, lora: bool, repeats: int, sourc
                 outputs[path] = _greedy_ids(pool, source)
     finally:
         sync.close()
-        ray.get([lw.shutdown.remote() for lw in learners], timeout=120)
-        for lw in learners:
-            ray.kill(lw)
-        reserved.remove()
-    out: dict[str, Any] = {"mode": mode, "lora": lora, "tensors": sum(len(b["tensors"]) for b in sync.buckets),
+    out: dict[str, Any] = {"mode": mode, "tensors": sum(len(b["tensors"]) for b in sync.buckets),
                            "buckets": len(sync.buckets), "connect_s": connect["seconds"],
                            "outputs_equal": outputs["broadcast"] == outputs["driver"]}
     for path, rs in rows.items():
@@ -138,10 +140,14 @@ def run_bench(cfg: RootConfig, out_dir: Path, repeats: int) -> dict[str, Any]:
                        slots=[reserved.options(s) for s in plan.rollout],
                        start_timeout_s=cfg.ray.start_timeout_s, call_timeout_s=cfg.ray.sync_timeout_s)
     source = Source(0, "Der Zug nach Berlin hat heute wegen eines Unwetters zwei Stunden Verspätung", "de", "en")
+    learners, learner_groups, merged_names = start_learner(cfg)
     try:
-        cases = [bench_case(cfg, pool, mode, lora, repeats, source) for mode, lora in CASES]
+        cases = [bench_case(cfg, pool, learners, mode, merged_names, repeats, source) for mode in CASES]
     finally:
-        close_all([pool.shutdown, reserved.remove], started)
+        import ray
+
+        close_all([pool.shutdown, lambda: ray.get([lw.shutdown.remote() for lw in learners], timeout=120),
+                   learner_groups.remove, reserved.remove], started)
     result = {"model": policy_path(cfg), "dtype": cfg.model.dtype, "engines": cfg.rollout.num_workers,
               "bucket_mb": cfg.rollout.weight_bucket_mb, "repeats": repeats, "baseline": "driver",
               "cases": {c["mode"]: c for c in cases},
