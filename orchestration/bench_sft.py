@@ -31,7 +31,7 @@ def _batch_of(samples: Sequence[tuple[list[int], list[int]]]):
     return TrainBatch([TrainTrajectory(ids, mask, 0.0, [0.0] * len(ids)) for ids, mask in samples])
 
 
-def _train(learners, batches: list, label: str) -> dict[str, Any]:
+def _train(learners, batches: list, label: str, timeout_s: float = 7200.0) -> dict[str, Any]:
     """One pass: an SFT step per batch on every rank; totals and the wall time."""
     import ray
     from tqdm import tqdm
@@ -40,7 +40,8 @@ def _train(learners, batches: list, label: str) -> dict[str, Any]:
     start = time.perf_counter()
     for batch in tqdm(batches, desc=f"sft {label}", unit="step"):
         shards = batch.split(len(learners))
-        rows.append(ray.get([lw.sft_step.remote(s, batch.counts()["tokens"]) for lw, s in zip(learners, shards)])[0])
+        rows.append(ray.get([lw.sft_step.remote(s, batch.counts()["tokens"]) for lw, s in zip(learners, shards)],
+                            timeout=timeout_s)[0])
     wall = time.perf_counter() - start
     return {"steps": len(rows), "sequences": sum(len(b) for b in batches),
             "tokens": sum(len(t.token_ids) for b in batches for t in b.trajectories),

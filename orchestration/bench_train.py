@@ -34,7 +34,7 @@ def placements() -> dict[str, list[str]]:
         raise UserInputError("bench train needs at least 2 CPU cores to give rollout and learner their own")
     rest = ",".join(map(str, cores[1:]))
     return {
-        "disjoint": [f"rollout.engine.cpu_threads={cores[0]}", f"learner.cpu_cores={rest}",
+        "disjoint": [f"rollout.engine.cpu_threads='{cores[0]}'", f"learner.cpu_cores='{rest}'",
                      f"learner.torch_threads={len(cores) - 1}"],
         "shared": ["rollout.engine.cpu_threads=all", f"learner.torch_threads={len(cores)}"],
     }

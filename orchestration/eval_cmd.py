@@ -111,7 +111,7 @@ def run_group(cfg: EvalRootConfig, backend: str, needs_lora: bool, todo: list[tu
                 str(run_dir / "settings" / setting.name), dict(meta, backend=backend, fingerprint=fp))
             scores = None
             for ref in gen:
-                msg = ray.get(ref)
+                msg = ray.get(ref, timeout=cfg.ray.call_timeout_s)   # a hung engine stops the sweep
                 if "done" in msg:
                     bar.update(msg["done"] - bar.n)
                 else:
@@ -120,7 +120,7 @@ def run_group(cfg: EvalRootConfig, backend: str, needs_lora: bool, todo: list[tu
             results.append(scores)
     finally:
         try:
-            ray.get(actor.shutdown.remote())
+            ray.get(actor.shutdown.remote(), timeout=120)
         except Exception:  # the actor is gone already; nothing to release
             pass
         ray.kill(actor)

@@ -139,7 +139,8 @@ class SftRun:
         import ray
 
         shards = self.dev_batch.split(len(self.learners))
-        out = ray.get([lw.sft_eval.remote(s) for lw, s in zip(self.learners, shards)])
+        out = ray.get([lw.sft_eval.remote(s) for lw, s in zip(self.learners, shards)],
+                      timeout=self.cfg.ray.call_timeout_s)
         return out[0]["loss"]
 
     def dev_rollouts(self, version: int) -> dict[str, float]:
@@ -187,7 +188,8 @@ class SftRun:
                 break
             batch = sft_batch([self.train_trajs[i] for i in idx])
             shards = batch.split(n)
-            m = ray.get([lw.sft_step.remote(s, batch.counts()["tokens"]) for lw, s in zip(self.learners, shards)])[0]
+            m = ray.get([lw.sft_step.remote(s, batch.counts()["tokens"]) for lw, s in zip(self.learners, shards)],
+                        timeout=self.cfg.ray.call_timeout_s)[0]
             self.step += 1
             losses.append(m["loss"])
             tokens += m["forward_tokens"]
