@@ -4,7 +4,8 @@ The same training job (same config, seed, hence the same batches) runs four ways
 instance: each mode with rollout and learner pinned to disjoint cores (the stand-in for
 rollout and learner on different GPUs: while one works the other would idle) and each mode
 with both sharing every core. Each run's first step is a warm-up (nothing to overlap yet) and
-is left out of the means. Writes ``OUT/bench_train.json``: per run the mean step time and its
+is left out of the means; its last step has nothing left to roll out ahead, so the JSON also
+gives the total over all steps. Writes ``OUT/bench_train.json``: per run the mean step time and its
 breakdown (rollout, waiting for the rollout, reward, update, sync), and the step-time ratio
 one_step_off / sync per placement.
 """
@@ -85,9 +86,15 @@ def main(args: argparse.Namespace) -> int:
     same = all(runs[f"{p}/sync"]["groups"] == runs[f"{p}/one_step_off"]["groups"] for p in placements())
     ratio = {p: runs[f"{p}/one_step_off"]["mean_s"]["step_s"] / runs[f"{p}/sync"]["mean_s"]["step_s"]
              for p in placements()}
+    # the last step has nothing to roll out ahead, which favours one_step_off in the mean over
+    # steps 2..N; the total over all N steps (warm-up included) is the other bound
+    for run in runs.values():
+        run["total_s"] = sum(r["time/step_s"] for r in run["steps"])
+    total_ratio = {p: runs[f"{p}/one_step_off"]["total_s"] / runs[f"{p}/sync"]["total_s"] for p in placements()}
     result = {"model": cfg.model.path, "steps": cfg.train.steps, "measured_steps": cfg.train.steps - 1,
               "sources_per_step": cfg.train.sources_per_step, "group_size": cfg.rollout.sampling.group_size,
-              "same_batches": same, "step_time_ratio_one_step_off_vs_sync": ratio, "runs": runs,
+              "same_batches": same, "step_time_ratio_one_step_off_vs_sync": ratio,
+              "total_time_ratio_one_step_off_vs_sync": total_ratio, "runs": runs,
               "bench_s": time.perf_counter() - t_all,
               "machine": {"platform": platform.platform(), "cores": len(os.sched_getaffinity(0))}}
     write_json_atomic(out_dir / "bench_train.json", result)
@@ -95,6 +102,6 @@ def main(args: argparse.Namespace) -> int:
         s, o = runs[f"{p}/sync"]["mean_s"], runs[f"{p}/one_step_off"]["mean_s"]
         print(f"{p:9} step s: sync {s['step_s']:.1f} (rollout {s['rollout_s']:.1f} update {s['update_s']:.1f})  "
               f"one_step_off {o['step_s']:.1f} (waiting for rollout {o['rollout_wait_s']:.1f})  "
-              f"ratio {ratio[p]:.2f}")
+              f"ratio {ratio[p]:.2f} (all {cfg.train.steps} steps: {total_ratio[p]:.2f})")
     print(f"same batches in both modes: {same}; {result['bench_s']:.0f} s -> {out_dir / 'bench_train.json'}")
     return 0
