@@ -174,10 +174,16 @@ def run_episodes(backend: GenerationBackend, factory: EpisodeFactory, sources: S
         if on_step is not None:
             on_step(step, len(active))
     stats.wall_s = time.perf_counter() - start
+    return grouped_trajectories(episodes, sources, group_size), stats
+
+
+def grouped_trajectories(episodes: Sequence[Episode], sources: Sequence[Source], group_size: int) -> list[Trajectory]:
+    """Finished episodes (``group_size`` per source, in source order) as trajectories whose ``meta``
+    names source index, group and sample: the order and format every runner returns."""
     trajectories = []
     for k, ep in enumerate(episodes):
         src = sources[k // group_size]
         group = src.group if src.group is not None else k // group_size
         trajectories.append(ep.trajectory(source_index=src.index, group=group, sample=k % group_size,
                                           chunk_size=ep.chunk_size))
-    return trajectories, stats
+    return trajectories

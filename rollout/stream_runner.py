@@ -17,7 +17,7 @@ from typing import Callable, Protocol, Sequence
 
 from rollout.episode import Trajectory
 from rollout.runner import (EpisodeFactory, GenerationResult, RolloutStats, Sampling, Source, derive_seed,
-                            run_episodes)
+                            grouped_trajectories, run_episodes)
 
 
 class StreamingBackend(Protocol):
@@ -92,13 +92,7 @@ def run_episodes_streaming(backend: StreamingBackend, factory: EpisodeFactory, s
     stats.wall_s = time.perf_counter() - start
     stats.steps = max(turns, default=0)
     stats.per_step.append({"peak_in_flight": peak, "requests": sum(turns)})
-    trajectories = []
-    for k, ep in enumerate(episodes):
-        src = sources[k // group_size]
-        group = src.group if src.group is not None else k // group_size
-        trajectories.append(ep.trajectory(source_index=src.index, group=group, sample=k % group_size,
-                                          chunk_size=ep.chunk_size))
-    return trajectories, stats
+    return grouped_trajectories(episodes, sources, group_size), stats
 
 
 def run_rollout(backend, factory: EpisodeFactory, sources: Sequence[Source], group_size: int,
