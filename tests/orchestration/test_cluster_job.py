@@ -49,8 +49,14 @@ def tiny_overrides(model, data, run) -> list[str]:
 @pytest.fixture(scope="module")
 def head_node():
     """``ray start --head --block`` in its own session; yields the dashboard (job API) address."""
-    gcs, dash, client, nm, om, agent, agent_grpc, env_agent, metrics = free_ports(9)
-    low = random.randrange(30000, 39000, 200)
+    ports = free_ports(9)
+    gcs, dash, client, nm, om, agent, agent_grpc, env_agent, metrics = ports
+    # Ray refuses a worker-port range that holds any other chosen port. The free ports come from the
+    # kernel's ephemeral range (32768+ by default), so the block is drawn below it, and redrawn if
+    # a differently configured kernel put one of them inside.
+    low = random.randrange(20000, 32400, 200)
+    while any(low <= p <= low + 199 for p in ports):
+        low = random.randrange(20000, 32400, 200)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     with tempfile.TemporaryDirectory(prefix="srl-job-", dir="/tmp") as temp_dir:
@@ -76,7 +82,10 @@ def head_node():
                     time.sleep(1)
             yield address, env
         finally:
-            os.killpg(head.pid, signal.SIGTERM)     # the head and every process it started
+            try:
+                os.killpg(head.pid, signal.SIGTERM)  # the head and every process it started
+            except ProcessLookupError:               # a head that failed to start left no process
+                pass
             try:
                 head.wait(timeout=60)
             except subprocess.TimeoutExpired:
