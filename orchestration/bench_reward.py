@@ -24,7 +24,8 @@ from orchestration.config_loader import load_config
 from orchestration.data import resolve_data_dir
 from orchestration.errors import UserInputError
 from orchestration.runtime import read_lines, start_ray, write_json_atomic
-from reward.types import QualityItem, RewardSettings, unit_of_language
+from reward.types import QualityItem, RewardSettings
+from rollout.units import unit_of
 
 MQM_FOLDER = "mqm_newstest2021"
 MQM_COLUMNS = ("lp", "system", "seg_id", "mqm_avg_score", "src", "mt", "ref")
@@ -150,7 +151,7 @@ def run_bench(cfg: RootConfig, out_dir: Path, files: Sequence[Path] | None = Non
             for path, rows in tables.items():
                 scores[path] = []
                 for i in range(0, len(rows), chunk):
-                    items = [QualityItem(r.src, r.mt, r.ref, unit_of_language(target_language(r.lp)))
+                    items = [QualityItem(r.src, r.mt, r.ref, unit_of(target_language(r.lp)))
                              for r in rows[i:i + chunk]]
                     t0 = time.perf_counter()
                     batch = client.quality(items)

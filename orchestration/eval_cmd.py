@@ -20,6 +20,7 @@ from orchestration.errors import UserInputError
 from orchestration.eval_config import EvalRootConfig, RunSetting, expand_settings, load_eval_config
 from orchestration.eval_plot import plot_quality_latency, summary_table
 from orchestration.runtime import start_ray, write_json_atomic
+from rollout.units import unit_of
 
 
 def _local(path: str) -> Path:
@@ -135,7 +136,7 @@ def run_eval(cfg: EvalRootConfig, run_dir: Path) -> list[dict[str, Any]]:
     sources = [{"index": p.index, "text": p.source, "src_lang": ds.src_lang, "tgt_lang": ds.tgt_lang,
                 "reference": p.reference} for p in ds]
     meta = {"dataset": ds.spec.name, "lines": len(ds), "model": cfg.model.path,
-            "latency_unit": "char" if ds.tgt_lang in ("zh", "ja") else "word"}
+            "latency_unit": unit_of(ds.tgt_lang)}
     done: dict[str, dict[str, Any]] = {}
     pending: list[tuple[RunSetting, dict]] = []
     for s in settings:

@@ -149,14 +149,14 @@ class SftRun:
 
         from reward.latency import al
         from reward.text_metrics import corpus_chrf, reference_length
-        from reward.types import unit_of_language
         from rollout.runner import Sampling
+        from rollout.units import unit_of
 
         t0 = time.perf_counter()
         if version > 0:
             self.weights.push(version)
         trajs, _ = self.pool.rollout(self.dev_sources, 1, Sampling(temperature=0.0))
-        unit = unit_of_language(self.dev_set.tgt_lang)
+        unit = unit_of(self.dev_set.tgt_lang)
         als = [al(t["delays"], t["source_length"], reference_length(s.reference, unit))
                for s, t in zip(self.dev_sources, trajs) if t["delays"]]
         waits = sum(p == "" for t in trajs for p in t["pieces"][:-1])

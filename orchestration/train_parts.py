@@ -34,6 +34,7 @@ def reward_groups(trajs: Sequence[dict[str, Any]], sources: Sequence, group_size
     Each group is matched by its id, not by the pair's index: a batch may hold one pair twice,
     and each of its groups is scored against its own draw's reference."""
     from reward.types import RewardInput
+    from rollout.units import unit_of
 
     if len(trajs) != len(sources) * group_size:
         raise RolloutMismatch(f"rollout returned {len(trajs)} trajectories for {len(sources)} groups "
@@ -47,7 +48,7 @@ def reward_groups(trajs: Sequence[dict[str, Any]], sources: Sequence, group_size
             raise RolloutMismatch(f"group {want} (pair {src.index}) came back as {got}")
         groups.append([RewardInput(source=src.text, reference=src.reference or "", hypothesis=t["hypothesis"],
                                    delays=list(t["delays"]), source_length=t["source_length"],
-                                   tgt_lang=src.tgt_lang, chunk_size=t["meta"]["chunk_size"])
+                                   unit=unit_of(src.tgt_lang), chunk_size=t["meta"]["chunk_size"])
                        for t in group])
     return groups
 
@@ -112,12 +113,13 @@ def evaluate_dev(pool, reward_client, dev: Dataset, cfg: RootConfig) -> DevResul
     l' = max(AL, chunk size), divided by the source length so long sentences do not dominate).
     """
     from reward.latency import laal
-    from reward.types import QualityItem, unit_of_language
+    from reward.types import QualityItem
     from rollout.runner import Sampling
+    from rollout.units import unit_of
 
     sources = to_sources(dev.pairs, dev)
     trajs, _ = pool.rollout(sources, 1, Sampling(temperature=0.0))
-    unit = unit_of_language(dev.tgt_lang)
+    unit = unit_of(dev.tgt_lang)
     q = reward_client.quality([QualityItem(source=s.text, hypothesis=t["hypothesis"], reference=s.reference or "",
                                            unit=unit) for s, t in zip(sources, trajs)])
     scale = 1.0 if q.scorer.name == "comet" else 100.0

@@ -34,10 +34,10 @@ def _check_group(group: Sequence[RewardInput], index: int) -> None:
         raise ValueError(f"group {index} is empty")
     first = group[0]
     for item in group[1:]:
-        if (item.source, item.reference, item.source_length, item.chunk_size, item.tgt_lang) != \
-                (first.source, first.reference, first.source_length, first.chunk_size, first.tgt_lang):
+        if (item.source, item.reference, item.source_length, item.chunk_size, item.unit) != \
+                (first.source, first.reference, first.source_length, first.chunk_size, first.unit):
             raise ValueError(f"group {index} mixes sources: every trajectory of a group must share "
-                             f"source, reference, source_length, chunk_size and tgt_lang")
+                             f"source, reference, source_length, chunk_size and unit")
 
 
 def score_groups(groups: Sequence[Sequence[RewardInput]], scorer: QualityScorer,

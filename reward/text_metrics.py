@@ -10,17 +10,24 @@ published numbers:
   (spaces inside the text count). For a stripped, single-spaced reference in a word unit and
   a reference without inner spaces in the char unit the two counts agree.
 
+The reward is the scorer side of SimulEval's protocol: it counts the units of the text it is
+given and checks one delay per unit, whoever wrote it (a rollout, or a user's instances file),
+so it keeps this counting rule rather than trusting the writer's. Which unit a language uses
+is decided once, in ``rollout.units.unit_of``; the reward receives the unit, never a language.
+``tests/rollout/test_units.py`` checks that the writer side (``rollout.units``) counts the same.
+
 sacrebleu is imported inside the functions: callers that only count units never load it.
 """
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Sequence
+
+from reward.types import Unit
 
 if TYPE_CHECKING:
     from sacrebleu.metrics import CHRF
 
-Unit = Literal["word", "char"]
 UNITS: tuple[str, ...] = ("word", "char")
 
 

@@ -15,15 +15,6 @@ Truncate = Literal["raw", "normalized", "none"]
 LatencyMetric = Literal["al", "laal"]
 Mode = Literal["fused", "quality_only", "latency_only"]
 
-# Languages written without spaces between words: latency and BLEU count characters.
-# The same set as rollout.units (a test checks they agree); reward/ never imports rollout.
-CHAR_LANGUAGES = frozenset({"zh", "ja"})
-
-
-def unit_of_language(lang: str) -> Unit:
-    """Latency unit of a target language code: "zh" -> char, "en-US" -> word."""
-    return "char" if lang.split("-")[0].lower() in CHAR_LANGUAGES else "word"
-
 
 @dataclass(frozen=True)
 class RewardInput:
@@ -31,8 +22,9 @@ class RewardInput:
 
     ``delays[i]`` is the number of source units read when target unit ``i`` of
     ``hypothesis`` was written (one delay per unit; none for an empty hypothesis);
-    ``source_length`` is |X| in source units; ``chunk_size`` is m, the source units per
-    streaming step (the floor of ``truncate="raw"``).
+    ``source_length`` is |X| in source units; ``unit`` is the target's latency unit (the
+    caller decides it from the language: the reward knows units, not languages);
+    ``chunk_size`` is m, the source units per streaming step (the floor of ``truncate="raw"``).
     """
 
     source: str
@@ -40,12 +32,8 @@ class RewardInput:
     hypothesis: str
     delays: Sequence[float]
     source_length: int
-    tgt_lang: str
+    unit: Unit
     chunk_size: int
-
-    @property
-    def unit(self) -> Unit:
-        return unit_of_language(self.tgt_lang)
 
 
 @dataclass(frozen=True)

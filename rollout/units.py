@@ -1,7 +1,12 @@
 """Source and target units: words, or characters for languages written without spaces.
 
 SimulEval counts latency in these units (``--eval-latency-unit word|char``); the chunker,
-the per-unit delays and the latency metrics must all agree on them, so they live here once.
+the per-unit delays and the latency metrics must all agree on them. Which unit a language
+uses (:func:`unit_of`) is decided here and only here: the rollout is where text is cut into
+units (source chunks, written target units), and the driver passes the unit it returns to the
+reward and the evaluation, which never look at a language code. The reward's own unit count
+(``reward.text_metrics``) is the scorer side that checks what was written; a test checks both
+count alike.
 """
 from __future__ import annotations
 

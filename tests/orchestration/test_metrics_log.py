@@ -20,7 +20,7 @@ def _emitted_keys() -> set[str]:
     settings = RewardSettings()
     scorer = build_scorer(settings)
     group = [RewardInput(source="a b c", reference="x y z", hypothesis=h, delays=[1, 2, 3][:len(h.split())],
-                         source_length=3, tgt_lang="en", chunk_size=1) for h in ("x y z", "x y")]
+                         source_length=3, unit="word", chunk_size=1) for h in ("x y z", "x y")]
     rewards, n, _ = score_groups([group], scorer, settings)
     scored = ScoreBatch(rewards, scorer.info, n, n, 0.0, 0.0)
     trajs = [{"pieces": ["x", "y z"], "action_mask": [0, 1, 1], "token_ids": [1, 2, 3], "truncated_steps": 0}] * 2

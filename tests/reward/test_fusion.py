@@ -57,7 +57,7 @@ REF = "eins zwei drei vier"  # |Y| = 4 words: gamma = 2/3
 
 
 def _traj(hyp: str, delays: list[int]) -> RewardInput:
-    return RewardInput(SRC, REF, hyp, delays, 6, "de", 3)
+    return RewardInput(SRC, REF, hyp, delays, 6, "word", 3)
 
 
 HONEST = _traj("eins zwei drei vier", [3, 3, 6, 6])
@@ -147,7 +147,7 @@ def test_all_empty_group_is_zero_not_nan():
 
 
 def test_latency_in_characters_for_a_chinese_target():
-    item = RewardInput("a b c d e f g h", "我们是中国人", "我们是人", [4, 4, 8, 8], 8, "zh", 4)
+    item = RewardInput("a b c d e f g h", "我们是中国人", "我们是人", [4, 4, 8, 8], 8, "char", 4)
     assert item.unit == "char"
     # |Y| = 6 characters of the reference, not 1 "word"
     assert raw_latency(item) == pytest.approx(al([4, 4, 8, 8], 8, 6)) == pytest.approx(4.0)

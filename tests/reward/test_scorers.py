@@ -11,8 +11,7 @@ from reward.config import RewardConfig
 from reward.fusion import fuse_group, raw_latency
 from reward.scorers import QUALITY_SCORERS, BleuScorer, ChrfScorer, build_scorer
 from reward.service import RewardWorker, actor_options, score_groups
-from reward.types import QualityItem, RewardInput, RewardSettings, unit_of_language
-from rollout.units import unit_of
+from reward.types import QualityItem, RewardInput, RewardSettings
 
 REPO = Path(__file__).resolve().parents[2]
 PAIRS = [("Die Katze sitzt auf der Matte.", "The cat sits on the mat.", "The cat is sitting on the mat."),
@@ -29,7 +28,7 @@ def test_chrf_equals_sacrebleu_sentence_chrf():
 
 def test_bleu_uses_the_zh_tokenizer_for_chinese_targets():
     hyp, ref = "我们是中国人民", "我们都是中国人"
-    zh = BleuScorer().score([QualityItem("we are", hyp, ref, unit_of_language("zh"))])[0]
+    zh = BleuScorer().score([QualityItem("we are", hyp, ref, "char")])[0]
     assert zh == BLEU(tokenize="zh", effective_order=True).sentence_score(hyp, [ref]).score
     assert zh > 0
     # with 13a the unsegmented Chinese string is one token: no match at all
@@ -47,11 +46,6 @@ def test_registry_and_unknown_names():
         build_scorer(RewardSettings(quality="comet"))
 
 
-@pytest.mark.parametrize("lang", ["zh", "ja", "zh-Hans", "de", "en", "EN-us"])
-def test_target_units_agree_with_rollout(lang):
-    assert unit_of_language(lang) == unit_of(lang)
-
-
 class CountingChrf(ChrfScorer):
     """The real chrF scorer, counting its calls (to check batching)."""
 
@@ -64,16 +58,16 @@ class CountingChrf(ChrfScorer):
         return super().score(items)
 
 
-def _group(src: str, ref: str, hyps: list[tuple[str, list[int]]], lang: str = "en") -> list[RewardInput]:
+def _group(src: str, ref: str, hyps: list[tuple[str, list[int]]], unit: str = "word") -> list[RewardInput]:
     n = len(src.split())
-    return [RewardInput(src, ref, h, d, n, lang, 3) for h, d in hyps]
+    return [RewardInput(src, ref, h, d, n, unit, 3) for h, d in hyps]
 
 
 GROUPS = [
     _group("a b c d e f", "the cat sat on the mat",
            [("the cat sat", [3, 3, 6]), ("", []), ("a cat sat on a mat", [3, 3, 3, 6, 6, 6])]),
     _group("g h i", "good morning", [("good morning", [3, 3]), ("morning", [3])]),
-    _group("j k l m", "我们是中国人", [("我们是人", [3, 3, 4, 4]), ("我们", [4, 4])], lang="zh"),
+    _group("j k l m", "我们是中国人", [("我们是人", [3, 3, 4, 4]), ("我们", [4, 4])], unit="char"),
 ]
 
 

@@ -20,10 +20,10 @@ def _groups() -> list[list[RewardInput]]:
     out = []
     for i in range(6):
         src = " ".join(f"w{i}{j}" for j in range(6))
-        lang, ref = ("zh", "我们是中国人民") if i % 2 else ("de", "das ist ein kleines Haus")
+        unit, ref = ("char", "我们是中国人民") if i % 2 else ("word", "das ist ein kleines Haus")
         hyps = ([("我们是人", [3, 3, 6, 6]), ("我们是中国人民", [3, 3, 3, 6, 6, 6, 6]), ("", [])] if i % 2 else
                 [("das ist ein Haus", [3, 3, 6, 6]), ("das ist ein kleines Haus", [6] * 5), ("", [])])
-        out.append([RewardInput(src, ref, h, d, 6, lang, 3) for h, d in hyps])
+        out.append([RewardInput(src, ref, h, d, 6, unit, 3) for h, d in hyps])
     return out
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,8 +14,13 @@ words = st.text(alphabet="abcdeäöüßxyz", min_size=1, max_size=8)
 zh_chars = st.sampled_from(list("我们在说话人还的时候翻译这个句子。"))
 
 
+@pytest.mark.parametrize("lang,unit", [("zh", "char"), ("ja", "char"), ("zh-Hans", "char"), ("de", "word"),
+                                       ("en", "word"), ("EN-us", "word")])
+def test_the_unit_of_each_language(lang, unit):
+    assert unit_of(lang) == unit
+
+
 def test_units_of_languages():
-    assert unit_of("zh") == "char" and unit_of("de") == "word" and unit_of("en") == "word"
     assert split_units("  Die  Katze\tsitzt ", "word") == ["Die", "Katze", "sitzt"]
     assert split_units("我们 在A", "char") == ["我", "们", "在", "A"]
 
