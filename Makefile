@@ -36,7 +36,7 @@ $(COMET_VENV)/.installed: requirements/comet.txt
 # (~1.5 min, ~4 GB RAM, 1.3 GB on disk). Order-only on the venv: a reinstall does not reconvert.
 $(DEMO_MODEL)/.ready: | $(VENV)/.installed
 	@echo "== $(DEMO_MODEL): the CPU demo model"
-	$(VENV)/bin/python -m rollout.demo_model --out $(DEMO_MODEL)
+	$(VENV)/bin/python -m orchestration.setup.demo_model --out $(DEMO_MODEL)
 
 # On a CUDA machine (every node of a cluster, in the same checkout path): .venv with the CUDA
 # builds of torch and vllm (resolved by pip), and .venv-comet with comet's pins and a CUDA torch

@@ -29,16 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after step N")
-    p.set_defaults(handler="orchestration.train:main")
+    p.set_defaults(handler="orchestration.training.loop:main")
 
     p = sub.add_parser("sft", help="SFT warm start on interleaved episodes built from parallel pairs")
     _config_args(p)
-    p.set_defaults(handler="orchestration.sft:main")
+    p.set_defaults(handler="orchestration.training.sft:main")
 
     p = sub.add_parser("eval", help="evaluate wait-k, LSG, learned and offline policies on a test set: "
                                     "instances, scores, quality-latency curves")
     _config_args(p)
-    p.set_defaults(handler="orchestration.eval_cmd:main")
+    p.set_defaults(handler="orchestration.eval.command:main")
 
     p = sub.add_parser("show-config", help="print the resolved config (YAML) and exit")
     _config_args(p)
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-unit", choices=["word", "char"], default="word",
                    help="unit of delays and lengths: word (whitespace) or char (Chinese)")
     p.add_argument("--per-instance", action="store_true", help="add per-instance latency scores")
-    p.set_defaults(handler="orchestration.score_cmd:main")
+    p.set_defaults(handler="orchestration.eval.score:main")
 
     p = sub.add_parser("bench", help="measure speed or metric quality; writes DIR/bench_<kind>.json")
     p.add_argument("kind", choices=sorted(BENCHMARKS), help="what to measure")
@@ -66,12 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # benchmark kind -> handler; each writes DIR/bench_<kind>.json with ratios against a baseline
 BENCHMARKS = {
-    "rollout": "orchestration.bench_rollout:main",
-    "reward": "orchestration.bench_reward:main",
-    "sft": "orchestration.bench_sft:main",
-    "train": "orchestration.bench_train:main",
-    "scaling": "orchestration.bench_scaling:main",
-    "sync": "orchestration.bench_sync:main",
+    "rollout": "orchestration.bench.rollout:main",
+    "reward": "orchestration.bench.reward:main",
+    "sft": "orchestration.bench.sft:main",
+    "train": "orchestration.bench.train:main",
+    "scaling": "orchestration.bench.scaling:main",
+    "sync": "orchestration.bench.sync:main",
 }
 
 

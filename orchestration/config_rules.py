@@ -18,7 +18,7 @@ def weight_sync_rules(cfg) -> list[str]:
     ro, le = cfg.rollout, cfg.learner
     out = []
     mode, lora = ro.weight_sync, le.lora.enabled
-    # SFT exports full weights when there is no LoRA (orchestration.sft); train cannot
+    # SFT exports full weights when there is no LoRA (orchestration.training.sft); train cannot
     if mode == "merged" and not lora and not hasattr(cfg, "sft"):
         out.append("rollout.weight_sync=merged: merges a LoRA delta but learner.lora.enabled=false; "
                    "use rollout.weight_sync=full for full fine-tuning")

@@ -45,7 +45,7 @@ class ChrfScorer:
     """Sentence chrF, identical to ``sacrebleu.metrics.CHRF().sentence_score``."""
 
     def __init__(self) -> None:
-        self.info = ScorerInfo("chrf", None, f"chrF2|nc:6|nw:0|version:{_sacrebleu_version()}")
+        self.info = ScorerInfo("chrf", None, f"chrF2|nc:6|nw:0|version:{_sacrebleu_version()}", scale=100.0)
 
     def score(self, items: Sequence[QualityItem]) -> list[float]:
         return [sentence_chrf(it.hypothesis, it.reference) for it in items]
@@ -62,7 +62,8 @@ class BleuScorer:
     """Sentence BLEU; the tokenizer follows each item's target unit (``zh`` for characters)."""
 
     def __init__(self) -> None:
-        self.info = ScorerInfo("bleu", None, f"BLEU|eff:yes|tok:13a or zh|version:{_sacrebleu_version()}")
+        self.info = ScorerInfo("bleu", None, f"BLEU|eff:yes|tok:13a or zh|version:{_sacrebleu_version()}",
+                               scale=100.0)
 
     def score(self, items: Sequence[QualityItem]) -> list[float]:
         return [float(_bleu(bleu_tokenizer(it.unit)).sentence_score(it.hypothesis, [it.reference]).score)
@@ -113,7 +114,7 @@ class CometScorer:
         self.batch_size = batch_size
         self.gpus = 1 if device == "cuda" else 0
         self.model = load_from_checkpoint(self.checkpoint, local_files_only=not _hub_id(model))
-        self.info = ScorerInfo("comet", self.checkpoint, f"comet|model:{model}|batch:{batch_size}")
+        self.info = ScorerInfo("comet", self.checkpoint, f"comet|model:{model}|batch:{batch_size}", scale=1.0)
 
     def score(self, items: Sequence[QualityItem]) -> list[float]:
         if not items:

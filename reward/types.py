@@ -72,11 +72,13 @@ class RewardSettings:
 
 @dataclass(frozen=True)
 class ScorerInfo:
-    """Which quality scorer produced a score: name, checkpoint (COMET) and metric signature."""
+    """Which quality scorer produced a score: name, checkpoint (COMET), metric signature, and the
+    top of its scale (100 for chrF and BLEU, 1 for COMET; ``reward.dev_reward`` divides by it)."""
 
     name: str
     checkpoint: str | None = None
     signature: str | None = None
+    scale: float = 1.0
 
     def label(self) -> str:
         return self.name if self.checkpoint is None else f"{self.name}:{self.checkpoint}"

@@ -87,14 +87,14 @@ def test_unwritable_run_dir_is_refused_before_anything_starts(tmp_path, monkeypa
 
     data = build_tiny_data(tmp_path / "data", n=4)
     started = []
-    monkeypatch.setattr("orchestration.train.start_ray", lambda *a, **k: started.append(1))
+    monkeypatch.setattr("orchestration.training.loop.start_ray", lambda *a, **k: started.append(1))
     code = launch.main(["train", f"data.dir={data}", f"run.dir={blocker / 'run'}", "model.path=gpt2-hub-id"])
     assert code == 2 and not started
     assert f"run.dir={blocker / 'run'}: cannot write there" in capsys.readouterr().err
 
 
 def test_resume_records_the_overrides_it_applied(tmp_path, monkeypatch):
-    from orchestration import train
+    from orchestration.training import loop as train
 
     run = tmp_path / "run"
     write_checkpoint(run, 2, {"weight_version": 2, "cursor": {}}, _parts)
@@ -107,8 +107,8 @@ def test_resume_records_the_overrides_it_applied(tmp_path, monkeypatch):
 def test_a_full_disk_at_a_checkpoint_ends_train_with_the_intact_checkpoint(tmp_path, monkeypatch, capsys):
     """The loop of `train` around a checkpoint whose write fails (the actors are stubbed out):
     exit status 1, a message naming the intact checkpoint, nothing partial on disk."""
-    from orchestration import train
-    from orchestration.train_parts import DevResult
+    from orchestration.training import loop as train
+    from orchestration.training.dev_eval import DevResult
     from tests.tiny_data import build_tiny_data
 
     dev = DevResult(quality=1.0, AL=1.0, LAAL=1.0, reward=0.0, empty=0, sentences=2, scorer="chrf")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import fields
 
 from orchestration.metrics_log import CURVES, MetricsLog, plot_curves
-from orchestration.train_parts import DevResult, group_metrics
+from orchestration.training.dev_eval import DevResult
+from orchestration.training.trajectories import group_metrics
 from tests.learner.test_step import ToyTrainer, make_batch
 
 

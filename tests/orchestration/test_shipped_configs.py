@@ -10,8 +10,8 @@ import pytest
 from orchestration.config import RootConfig
 from orchestration.config_loader import load_config
 from orchestration.data import get_spec
-from orchestration.eval_config import expand_settings, load_eval_config
-from orchestration.sft_config import SftRootConfig
+from orchestration.eval.config import expand_settings, load_eval_config
+from orchestration.training.sft_config import SftRootConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"

@@ -10,7 +10,7 @@ import pytest
 from sacrebleu.metrics import CHRF
 
 import launch
-from orchestration.bench_reward import MQM_COLUMNS, kendall_tau_b, read_mqm, target_language
+from orchestration.bench.reward import MQM_COLUMNS, kendall_tau_b, read_mqm, target_language
 from orchestration.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import launch
-from tests.orchestration.test_train import _rows, _tiny_run
+from tests.orchestration.training.test_loop import _rows, _tiny_run
 from tests.tiny_data import build_tiny_data
 from tests.tiny_model import bias_towards_end_of_turn
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from orchestration.overlap import RolloutAhead, depth_of
+from orchestration.training.overlap import RolloutAhead, depth_of
 
 
 class Weights:

@@ -17,8 +17,8 @@ from typing import Any
 from orchestration.config_loader import REPO_ROOT, resolve_run_dir, write_resolved_config
 from orchestration.data import Dataset, load_pairs
 from orchestration.errors import UserInputError
-from orchestration.eval_config import EvalRootConfig, RunSetting, expand_settings, load_eval_config
-from orchestration.eval_plot import plot_quality_latency, summary_table
+from orchestration.eval.config import EvalRootConfig, RunSetting, expand_settings, load_eval_config
+from orchestration.eval.plot import plot_quality_latency, summary_table
 from orchestration.runtime import start_ray, write_json_atomic
 from rollout.units import unit_of
 
@@ -94,7 +94,7 @@ def run_group(cfg: EvalRootConfig, backend: str, needs_lora: bool, todo: list[tu
     import ray
     from tqdm import tqdm
 
-    from orchestration.eval_actor import eval_actor_class
+    from orchestration.eval.actor import eval_actor_class
 
     actor_cfg = cfg.model_copy(deep=True)
     if needs_lora:

@@ -3,7 +3,7 @@
 Parallel pairs → interleaved episodes built by the rollout's own code with the segmentation
 rule (``rollout.sft_episodes``) → token ids and action masks → the DeepSpeed learner ranks'
 cross-entropy step, one sequence per pair. Dev loss and a greedy interleaved rollout
-evaluation (chrF, AL) before training and after every epoch; after every epoch the policy is
+evaluation (``train``'s dev evaluation: quality, AL, the dev reward) before training and after every epoch; after every epoch the policy is
 written to ``RUN_DIR/model`` as a plain HF directory (LoRA merged), which
 ``train model.init_from=RUN_DIR`` starts from.
 """
@@ -23,8 +23,10 @@ from orchestration.data import Dataset, Pair, load_pairs, source_units
 from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog
 from orchestration.runtime import close_all, start_ray, write_json_atomic
-from orchestration.sft_config import SftRootConfig
-from orchestration.train_parts import SFT_MODEL_DIR, build_learners, policy_path, sync_names, to_sources
+from orchestration.training.dev_eval import evaluate_dev
+from orchestration.training.learners import SFT_MODEL_DIR, build_learners, policy_path, sync_names
+from orchestration.training.sft_config import SftRootConfig
+from orchestration.training.trajectories import to_sources
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".index.json")
 
@@ -115,7 +117,7 @@ class SftRun:
         self._started_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
         self.placement = reserve(plan, cfg.ray.start_timeout_s)
         self.learners = build_learners(root, self.placement, plan)
-        self.pool = None
+        self.pool = self.reward = None
         if cfg.sft.eval_rollouts:
             from orchestration.weight_sync import WeightSync, backend_for
             from rollout.worker import RolloutPool
@@ -134,6 +136,11 @@ class SftRun:
                                       timeout_s=cfg.ray.sync_timeout_s)
             self.weights.connect()
             self.pool.on_replace = self.weights.replace
+            from reward.client import RewardClient
+
+            self.reward = RewardClient(cfg.reward.settings(), placement=[self.placement.options(s) for s in plan.reward],
+                                       timeout_s=cfg.ray.call_timeout_s)
+            self.reward.wait_ready(timeout_s=cfg.ray.start_timeout_s)
 
     def dev_loss(self) -> float:
         import ray
@@ -144,27 +151,13 @@ class SftRun:
         return out[0]["loss"]
 
     def dev_rollouts(self, version: int) -> dict[str, float]:
-        """Greedy interleaved rollouts on dev with the current weights: chrF, AL, waits."""
-        import ray
-
-        from reward.latency import al
-        from reward.text_metrics import corpus_chrf, reference_length
-        from rollout.runner import Sampling
-        from rollout.units import unit_of
-
+        """Greedy interleaved rollouts on dev with the current weights: the dev evaluation of
+        ``train`` (quality, AL, LAAL, waits and the dev reward), so the two compare."""
         t0 = time.perf_counter()
         if version > 0:
             self.weights.push(version)
-        trajs, _ = self.pool.rollout(self.dev_sources, 1, Sampling(temperature=0.0))
-        unit = unit_of(self.dev_set.tgt_lang)
-        als = [al(t["delays"], t["source_length"], reference_length(s.reference, unit))
-               for s, t in zip(self.dev_sources, trajs) if t["delays"]]
-        waits = sum(p == "" for t in trajs for p in t["pieces"][:-1])
-        steps = sum(len(t["pieces"]) - 1 for t in trajs)
-        return {"chrf": corpus_chrf([t["hypothesis"] for t in trajs], [s.reference for s in self.dev_sources]),
-                "AL": statistics.fmean(als) if als else float("nan"),
-                "empty": sum(not t["delays"] for t in trajs), "wait_share": waits / steps if steps else 0.0,
-                "seconds": time.perf_counter() - t0}
+        res = evaluate_dev(self.pool, self.reward, self.dev_set, self.cfg.reward.lam).as_dict()
+        return {k: v for k, v in res.items() if k != "scorer"} | {"seconds": time.perf_counter() - t0}
 
     def evaluate(self, tag: str, version: int) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -230,7 +223,8 @@ class SftRun:
             self.history[f"train-epoch-{epoch}"] = stats
             res = self.evaluate(f"epoch-{epoch}", epoch)
             bar.write(f"epoch {epoch}: train loss {stats['train_loss_mean']:.4f}  dev loss {res['loss']:.4f}"
-                      + (f"  chrF {res['chrf']:.2f}  AL {res['AL']:.2f}" if "chrf" in res else ""))
+                      + (f"  quality {res['quality']:.2f}  AL {res['AL']:.2f}  reward {res['reward']:.3f}"
+                         if "quality" in res else ""))
             self.save(epoch)
         bar.close()
         return self.history
@@ -242,13 +236,15 @@ class SftRun:
         closers = [lambda: ray.get([lw.shutdown.remote() for lw in getattr(self, "learners", [])], timeout=120)]
         if getattr(self, "pool", None) is not None:
             closers.insert(0, self.pool.shutdown)
+        if getattr(self, "reward", None) is not None:
+            closers.insert(0, self.reward.close)
         if getattr(self, "placement", None) is not None:
             closers.append(self.placement.remove)
         close_all(closers, getattr(self, "_started_ray", False))
 
 
 def main(args: argparse.Namespace) -> int:
-    from orchestration.train import check_model
+    from orchestration.training.loop import check_model
 
     cfg = load_config(args.config, args.overrides, schema=SftRootConfig)
     check_model(cfg)
@@ -268,7 +264,7 @@ def main(args: argparse.Namespace) -> int:
     before, after = history["before"], history[f"epoch-{cfg.sft.epochs}"]
     write_json_atomic(run_dir / "summary.json", {"history": history, "steps": run.step,
                                                  "seconds": time.perf_counter() - t0})
-    for key in ("loss", "chrf", "AL", "wait_share"):
+    for key in ("loss", "quality", "AL", "reward", "wait_share"):
         if key in before:
             print(f"dev {key:10} {before[key]:10.4f} -> {after[key]:10.4f}")
     if cfg.sft.export_model:

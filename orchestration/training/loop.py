@@ -15,17 +15,17 @@ from typing import Any
 from orchestration.checkpoint import (CheckpointWriteError, check_writable, latest_checkpoint, read_driver_state,
                                       write_checkpoint)
 from orchestration.config import RootConfig
-from orchestration.config_loader import load_config, resolve_run_dir, write_resolved_config
-from orchestration.cursor import DataCursor
+from orchestration.config_loader import REPO_ROOT, load_config, resolve_run_dir, write_resolved_config
+from orchestration.training.cursor import DataCursor
 from orchestration.data import Dataset, load_pairs, source_units
 from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog, plot_curves
-from orchestration.overlap import RolloutAhead, depth_of
+from orchestration.training.overlap import RolloutAhead, depth_of
 from orchestration.runtime import close_all, start_ray, write_json_atomic
-from orchestration.train_parts import (DevResult, build_learners, evaluate_dev, group_metrics,
-                                       learner_batch, policy_path, reward_groups, save_rollouts, seed_torch,
-                                       sync_names, to_sources, wait_ranks)
-from orchestration.train_parts import RunStopped, resume_hint
+from orchestration.training.dev_eval import DevResult, evaluate_dev
+from orchestration.training.learners import build_learners, policy_path, seed_torch, sync_names, wait_ranks
+from orchestration.training.trajectories import group_metrics, learner_batch, reward_groups, save_rollouts, to_sources
+from orchestration.training.learners import RunStopped, resume_hint
 
 
 def load_training_data(cfg: RootConfig) -> tuple[Dataset, list, Dataset]:
@@ -43,7 +43,7 @@ def load_training_data(cfg: RootConfig) -> tuple[Dataset, list, Dataset]:
 def check_model(cfg: RootConfig) -> None:
     """A local model path must be a HF model directory; anything else is taken as a hub id."""
     path = Path(cfg.model.path)
-    local = path if path.is_absolute() else Path(__file__).resolve().parent.parent / path
+    local = path if path.is_absolute() else REPO_ROOT / path
     if local.exists():
         if not (local / "config.json").is_file():
             raise UserInputError(f"model.path={cfg.model.path}: {local} has no config.json; "
@@ -296,7 +296,7 @@ class Trainer:
 
     def evaluate(self, tag: str) -> DevResult:
         with self.ahead.exclusive():   # no rollout ahead runs on the pool meanwhile
-            res = evaluate_dev(self.rollout, self.reward, self.dev_set, self.cfg)
+            res = evaluate_dev(self.rollout, self.reward, self.dev_set, self.cfg.reward.lam)
         self.history[tag] = res.as_dict()
         return res
 

@@ -10,8 +10,8 @@ import random
 import pytest
 
 import launch
-from orchestration.cursor import DataCursor
-from tests.orchestration.test_train import _rows, _tiny_run, _train_lines
+from orchestration.training.cursor import DataCursor
+from tests.orchestration.training.test_loop import _rows, _tiny_run, _train_lines
 from tests.tiny_data import build_tiny_data
 
 STEPS, PER_STEP, GROUP = 50, 2, 2
@@ -21,7 +21,7 @@ STEPS, PER_STEP, GROUP = 50, 2, 2
 def test_soak_with_killed_actors_and_a_dead_learner_rank(tiny_model_dir, tmp_path, ray_local, monkeypatch, capsys):
     import ray
 
-    from orchestration import train as train_mod
+    from orchestration.training import loop as train_mod
 
     rng = random.Random(15)
     steps = rng.sample(range(2, STEPS + 1), 4)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestration.bench_scaling import parse_sizes, throughput
-from orchestration.bench_train import mean_phases, placements
+from orchestration.bench.scaling import parse_sizes, throughput
+from orchestration.bench.train import mean_phases, placements
 from orchestration.errors import UserInputError
 
 

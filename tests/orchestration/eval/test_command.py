@@ -12,7 +12,7 @@ import pytest
 
 import launch
 from orchestration.config_loader import ConfigError
-from orchestration.eval_config import expand_settings, load_eval_config
+from orchestration.eval.config import expand_settings, load_eval_config
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # pydub (imported by simuleval) warns about ffmpeg
@@ -128,7 +128,7 @@ def _omnisteval_scores(path: Path) -> dict[str, float]:
 
 
 def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, ray_local, monkeypatch):
-    from orchestration import eval_cmd
+    from orchestration.eval import command as eval_cmd
 
     cfg = _config(tmp_path, tiny_model_dir, data_dir, "hf", """    - {type: waitk, k: [1, 3]}
     - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]], distribution: exact}

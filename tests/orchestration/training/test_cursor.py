@@ -1,4 +1,4 @@
-from orchestration.cursor import DataCursor
+from orchestration.training.cursor import DataCursor
 
 
 def test_epochs_visit_every_pair_once_in_a_seeded_order():

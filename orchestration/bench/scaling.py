@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestration.bench_train import run_job
+from orchestration.bench.train import run_job
 from orchestration.config_loader import load_config
 from orchestration.errors import UserInputError
 from orchestration.runtime import write_json_atomic

@@ -43,7 +43,7 @@ def placements() -> dict[str, list[str]]:
 
 def run_job(cfg, run_dir: Path) -> list[dict[str, Any]]:
     """The training steps of ``cfg`` (no dev evaluation, no checkpoint): their metrics rows."""
-    from orchestration.train import Trainer
+    from orchestration.training.loop import Trainer
 
     trainer = Trainer(cfg, run_dir)
     rows = []

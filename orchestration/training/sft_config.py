@@ -22,7 +22,7 @@ class SftConfig(_Section):
     max_source_units: int = Field(60, ge=1, le=100_000, description="skip training pairs with a longer source")
     dev_size: int = Field(16, ge=1, le=100_000, description="first pairs of data.dev for dev loss and evaluation")
     eval_rollouts: bool = Field(
-        True, description="greedy interleaved rollouts on dev (chrF, AL) before training and after each epoch")
+        True, description="greedy interleaved rollouts on dev (train's dev evaluation) before training and after each epoch")
     export_model: bool = Field(
         True, description="write RUN_DIR/model, a plain HF directory (LoRA merged) that `train` starts from")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from orchestration.runtime import write_json_atomic
-from orchestration.score_cmd import read_instances, summarize
+from orchestration.eval.score import read_instances, summarize
 from reward.latency import elapsed_from_compute
 from rollout.prefix_layout import PrefixDecoder, PrefixPrompter, SimulOutput
 from rollout.runner import Source
@@ -66,12 +66,12 @@ class EvalWorker:
 
     def __init__(self, model: str, dtype: str, backend: str, cfg: dict[str, Any], seed: int = 0,
                  comet: Any = None):
-        from orchestration.eval_config import EvalRootConfig
+        from orchestration.eval.config import EvalRootConfig
 
         self.cfg = EvalRootConfig.model_validate(cfg)
         self.backend_name = backend
         if backend == "vllm":
-            from orchestration.eval_config import engine_max_logprobs, expand_settings
+            from orchestration.eval.config import engine_max_logprobs, expand_settings
             from rollout.engine import VLLMEngine
 
             self.backend: Any = VLLMEngine(model, dtype, self.cfg.rollout.engine, seed=seed,

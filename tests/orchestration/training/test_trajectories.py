@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.data import Dataset, DatasetSpec, Pair
-from orchestration.train_parts import RolloutMismatch, reward_groups, to_sources
+from orchestration.training.trajectories import RolloutMismatch, reward_groups, to_sources
 
 DS = Dataset(DatasetSpec("t", "de", "en", "s", "r", "train"), [], Path("s"), Path("r"))
 
@@ -41,8 +41,8 @@ def test_collapsed_or_reordered_groups_are_refused():
 
 
 def test_the_check_survives_python_O():
-    code = ("from tests.orchestration.test_train_parts import test_collapsed_or_reordered_groups_are_refused as t; "
+    code = ("from tests.orchestration.training.test_trajectories import test_collapsed_or_reordered_groups_are_refused as t; "
             "t(); print('ok')")
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=Path(__file__).resolve().parents[3])
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -18,12 +18,12 @@ import torch
 import launch
 from orchestration.checkpoint import latest_checkpoint
 from orchestration.config_loader import load_config
-from orchestration.cursor import DataCursor
+from orchestration.training.cursor import DataCursor
 from orchestration.metrics_log import CURVES
 from tests.tiny_data import build_tiny_data
 from tests.tiny_model import bias_towards_end_of_turn
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _tiny_run(model: Path, data: Path, run: Path, *extra: str) -> list[str]:

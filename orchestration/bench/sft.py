@@ -20,9 +20,10 @@ from typing import Any, Sequence
 from orchestration.config_loader import load_config
 from orchestration.data import source_units
 from orchestration.runtime import start_ray, write_json_atomic
-from orchestration.sft import episode_factory, learner_root, load_sft_data, sft_batch
-from orchestration.sft_config import SftRootConfig
-from orchestration.train_parts import build_learners, policy_path, to_sources
+from orchestration.training.sft import episode_factory, learner_root, load_sft_data, sft_batch
+from orchestration.training.sft_config import SftRootConfig
+from orchestration.training.learners import build_learners, policy_path
+from orchestration.training.trajectories import to_sources
 
 
 def _batch_of(samples: Sequence[tuple[list[int], list[int]]]):
@@ -105,7 +106,7 @@ def run_bench(cfg: SftRootConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from orchestration.train import check_model
+    from orchestration.training.loop import check_model
 
     cfg = load_config(args.config, args.overrides, schema=SftRootConfig)
     check_model(cfg)

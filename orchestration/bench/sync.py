@@ -65,7 +65,7 @@ def _greedy_ids(pool, source) -> list[list[int]]:
 def start_learner(cfg: RootConfig):
     """One LoRA learner rank in its placement slot: (learners, reserved groups, merged-sync names)."""
     from orchestration.placement import build_plan, reserve
-    from orchestration.train_parts import build_learners, sync_names
+    from orchestration.training.learners import build_learners, sync_names
 
     lcfg = cfg.learner.model_copy(update={"lora": cfg.learner.lora.model_copy(update={"enabled": True}),
                                           "kl_beta": 0.0, "num_ranks": 1})
@@ -128,7 +128,7 @@ def bench_case(cfg: RootConfig, pool, learners, mode: str, merged_names, repeats
 def run_bench(cfg: RootConfig, out_dir: Path, repeats: int) -> dict[str, Any]:
     from orchestration.placement import build_plan, reserve
     from orchestration.runtime import close_all
-    from orchestration.train_parts import policy_path
+    from orchestration.training.learners import policy_path
     from rollout.runner import Source
     from rollout.worker import RolloutPool
 
@@ -157,7 +157,7 @@ def run_bench(cfg: RootConfig, out_dir: Path, repeats: int) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from orchestration.train import check_model
+    from orchestration.training.loop import check_model
 
     cfg = load_config(args.config, args.overrides)
     check_model(cfg)

@@ -10,8 +10,8 @@ import pytest
 import launch
 from orchestration.config_loader import load_config
 from orchestration.errors import UserInputError
-from orchestration.sft_config import SftConfig, SftRootConfig
-from orchestration.train_parts import policy_path
+from orchestration.training.sft_config import SftConfig, SftRootConfig
+from orchestration.training.learners import policy_path
 from tests.tiny_data import build_tiny_data
 
 
@@ -31,7 +31,7 @@ def test_unknown_sft_key_names_the_dotted_key(tmp_path, capsys):
 
 
 def test_shipped_sft_configs_load():
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     for f in ("configs/sft/demo-deen.yaml", "configs/bench/sft-cpu.yaml"):
         cfg = load_config(root / f, schema=SftRootConfig)
         assert cfg.sft.lag_k == 3 and cfg.learner.kl_beta == 0.0

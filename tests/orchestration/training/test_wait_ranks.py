@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestration.checkpoint import write_checkpoint
-from orchestration.train_parts import RunStopped, wait_ranks
+from orchestration.training.learners import RunStopped, wait_ranks
 
 pytestmark = pytest.mark.slow
 

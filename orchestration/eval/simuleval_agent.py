@@ -9,7 +9,7 @@ multi-unit tokens, the same safety valve), so its ``instances.log`` holds the in
 
 Run it with SimulEval's command line (from the repository root) or :func:`run_simuleval`::
 
-    PYTHONPATH=. .venv/bin/simuleval --agent-class orchestration.eval_simuleval_agent.SimulRLWaitKAgent \
+    PYTHONPATH=. .venv/bin/simuleval --agent-class orchestration.eval.simuleval_agent.SimulRLWaitKAgent \
         --source src.txt --target ref.txt --output out --simulrl-model MODEL_DIR --waitk 3
 
 The wait-k rule of SimulEval 1.1 (one write per pushed word, everything once the source is

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from orchestration.eval_simuleval_agent import run_simuleval
+from orchestration.eval.simuleval_agent import run_simuleval
 from rollout.hf_backend import HFBackend
 from rollout.prefix_layout import PrefixPrompter, run_prefix_policy
 from rollout.runner import Source
