@@ -44,7 +44,7 @@ def load_causal_lm(model_path: str | Path, dtype: str, gradient_checkpointing: b
     return model
 
 
-def build_policy(model_path: str | Path, cfg: LearnerConfig, seed: int = 0):
+def load_policy(model_path: str | Path, cfg: LearnerConfig, seed: int = 0):
     """The trainable policy and its reference: ``(policy, reference)``.
 
     LoRA: ``policy`` is a ``PeftModel`` (adapter weights in fp32, base in ``cfg.dtype``, frozen)

@@ -1,6 +1,6 @@
 """One GRPO update of a rollout batch on one data-parallel rank (DESIGN §2.3).
 
-The loop is written against a small ``Trainer`` interface (score, backward, step, all-reduce)
+The loop is written against a small ``RankOps`` interface (score, backward, step, all-reduce)
 so it runs on a DeepSpeed engine in the learner actor and on a plain torch model in tests.
 
 Exactness across ranks and accumulation: every micro-batch's loss is its share of the loss of
@@ -23,7 +23,7 @@ from learner.grpo import aggregate_loss, grpo_token_loss, rollout_importance_wei
 from learner.policy import collate, pad_rows
 
 
-class Trainer(Protocol):
+class RankOps(Protocol):
     """What the update loop needs from a rank."""
 
     world_size: int
@@ -130,21 +130,21 @@ def _micro_count(n: int, size: int) -> int:
     return -(-n // size)
 
 
-def _score_all(trainer: Trainer, trajs: list[TrainTrajectory], lengths: list[int], size: int,
+def _score_all(rank: RankOps, trajs: list[TrainTrajectory], lengths: list[int], size: int,
                reference: bool) -> list[torch.Tensor]:
     """No-grad log-probs of every local trajectory (1-D tensors, one per trajectory)."""
-    count = int(trainer.all_reduce(torch.tensor([_micro_count(len(trajs), size)], dtype=torch.float64), "max"))
+    count = int(rank.all_reduce(torch.tensor([_micro_count(len(trajs), size)], dtype=torch.float64), "max"))
     out: list[torch.Tensor | None] = [None] * len(trajs)
     for idx, weight in plan_micro_batches(list(range(len(trajs))), lengths, size, count, filler=0):
         inputs = collate([trajs[i] for i in idx])
-        logp = trainer.logprobs(inputs, reference=reference, grad=False)
+        logp = rank.logprobs(inputs, reference=reference, grad=False)
         if weight:
             for row, i in enumerate(idx):
                 out[i] = logp[row, :lengths[i]].detach().float().cpu().clone()
     return out  # type: ignore[return-value]
 
 
-def grpo_step(trainer: Trainer, shard: TrainBatch, settings: StepSettings,
+def grpo_step(rank: RankOps, shard: TrainBatch, settings: StepSettings,
               global_counts: dict[str, int] | None = None) -> dict[str, float]:
     """Run all updates of one rollout batch on this rank's ``shard``; return global metrics.
 
@@ -163,8 +163,8 @@ def grpo_step(trainer: Trainer, shard: TrainBatch, settings: StepSettings,
     local = torch.tensor([[sum(trajs[i].num_actions for i in mb),
                            sum(1 for i in mb if trajs[i].num_actions > 0),
                            _micro_count(len(mb), size)] for mb in minibatches], dtype=torch.float64)
-    counts = trainer.all_reduce(local[:, :2].contiguous(), "sum").long().tolist()
-    micro_counts = trainer.all_reduce(local[:, 2].contiguous(), "max").long().tolist()
+    counts = rank.all_reduce(local[:, :2].contiguous(), "sum").long().tolist()
+    micro_counts = rank.all_reduce(local[:, 2].contiguous(), "max").long().tolist()
     if global_counts is not None:
         held = {"tokens": sum(c[0] for c in counts), "sequences": sum(c[1] for c in counts)}
         if held != {k: int(global_counts[k]) for k in held}:
@@ -174,11 +174,11 @@ def grpo_step(trainer: Trainer, shard: TrainBatch, settings: StepSettings,
     ref = old = None
     if settings.kl_beta > 0:
         t0 = time.perf_counter()
-        ref = _score_all(trainer, trajs, lengths, size, reference=True)
+        ref = _score_all(rank, trajs, lengths, size, reference=True)
         timings["seconds_reference"] = time.perf_counter() - t0
     if settings.ppo_epochs * settings.num_minibatches > 1:
         t0 = time.perf_counter()
-        old = _score_all(trainer, trajs, lengths, size, reference=False)
+        old = _score_all(rank, trajs, lengths, size, reference=False)
         timings["seconds_old_logprobs"] = time.perf_counter() - t0
 
     t_update = time.perf_counter()
@@ -191,14 +191,14 @@ def grpo_step(trainer: Trainer, shard: TrainBatch, settings: StepSettings,
             for m, (idx, weight) in enumerate(plan):
                 inputs = collate([trajs[i] for i in idx])
                 width = inputs["input_ids"].shape[1]
-                logp = trainer.logprobs(inputs, reference=False, grad=True)
+                logp = rank.logprobs(inputs, reference=False, grad=True)
                 dev = logp.device
                 mask = inputs["action_mask"].to(dev)
                 old_logp = pad_rows((old[i] for i in idx), width).to(dev) if old is not None else logp.detach()
                 ref_logp = pad_rows((ref[i] for i in idx), width).to(dev) if ref is not None else None
                 loss, stats = micro_batch_loss(logp, old_logp, ref_logp, inputs["advantages"].to(dev), mask,
                                                settings, tokens, seqs, inputs["rollout_logprobs"].to(dev))
-                trainer.backward(loss * (weight * trainer.world_size), boundary=m == len(plan) - 1)
+                rank.backward(loss * (weight * rank.world_size), boundary=m == len(plan) - 1)
                 if not weight:
                     continue
                 for key in stats:
@@ -213,11 +213,11 @@ def grpo_step(trainer: Trainer, shard: TrainBatch, settings: StepSettings,
                     sums["mismatch"] += float(diff.sum())
                     sums["mismatch_tokens"] += float(diff.numel())
                     maxes["mismatch_max"] = max(maxes["mismatch_max"], float(diff.max()) if diff.numel() else 0.0)
-            grad_norms.append(float(trainer.step()))
+            grad_norms.append(float(rank.step()))
     timings["seconds_update"] = time.perf_counter() - t_update
 
-    total = trainer.all_reduce(torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64), "sum")
-    peak = trainer.all_reduce(torch.tensor([maxes[k] for k in _MAXES], dtype=torch.float64), "max")
+    total = rank.all_reduce(torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64), "sum")
+    peak = rank.all_reduce(torch.tensor([maxes[k] for k in _MAXES], dtype=torch.float64), "max")
     s = dict(zip(_SUMS, total.tolist()))
     mx = dict(zip(_MAXES, peak.tolist()))
     seen = max(s["tokens_seen"], 1.0)

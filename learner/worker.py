@@ -27,7 +27,7 @@ from learner.batch import TrainBatch
 from learner.config import LearnerConfig
 from learner.export import (adapter_config_json, adapter_files, adapter_layout, adapter_tensors, export_safetensors,
                             export_tensors, trainable_names, weight_layout)
-from learner.policy import PolicyLogprobs, build_policy, sequence_logprobs
+from learner.policy import PolicyLogprobs, load_policy, sequence_logprobs
 from learner.sft_step import sft_eval, sft_step
 from learner.step import StepSettings, grpo_step
 
@@ -96,7 +96,7 @@ class Learner:
         self._dist = deepspeed.comm
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                    auto_mpi_discovery=False, verbose=False)
-        self.policy, self.reference = self._build_policy(model_path, seed)
+        self.policy, self.reference = self._load_policy(model_path, seed)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, betas=(self.cfg.adam_beta1, self.cfg.adam_beta2),
                                       eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
@@ -109,20 +109,20 @@ class Learner:
         self._manual_grad_norm = self.cfg.zero_stage == 0 and not self.engine.bfloat16_enabled()
         self._closed = False
 
-    def _build_policy(self, model_path: str, seed: int):
+    def _load_policy(self, model_path: str, seed: int):
         """Under ZeRO-3 the policy is built inside ``deepspeed.zero.Init`` (transformers does it
         while an ``HfDeepSpeedConfig`` is alive): each rank loads only its partition, never the
         whole model. The frozen reference of full fine-tuning is not trained: it is loaded whole,
         outside zero.Init, as the policy module docstring says."""
         if self.cfg.zero_stage != 3:
-            return build_policy(model_path, self.cfg, seed)
+            return load_policy(model_path, self.cfg, seed)
         from transformers.integrations import HfDeepSpeedConfig
 
         from learner.policy import load_causal_lm
 
         hf_ds = HfDeepSpeedConfig(deepspeed_config(self.cfg))   # alive => from_pretrained uses zero.Init
         try:
-            policy, _ = build_policy(model_path, self.cfg.model_copy(update={"kl_beta": 0.0}), seed)
+            policy, _ = load_policy(model_path, self.cfg.model_copy(update={"kl_beta": 0.0}), seed)
         finally:
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -133,7 +133,7 @@ class Learner:
             reference = load_causal_lm(model_path, self.cfg.dtype).eval().requires_grad_(False)
         return policy, reference
 
-    # --- the Trainer interface of learner.step --------------------------------------------
+    # --- the RankOps interface of learner.step --------------------------------------------
 
     def logprobs(self, inputs: dict[str, torch.Tensor], *, reference: bool, grad: bool) -> torch.Tensor:
         ids = inputs["input_ids"].to(self.device)

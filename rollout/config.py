@@ -5,6 +5,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+WeightSyncMode = Literal["merged", "adapter", "full"]
+# Where each weight sync mode's tensors land in an engine: "base" replaces the model's own
+# weights (a merged LoRA delta, or every weight), "adapter" loads a peft adapter. A new mode
+# is an entry here and in ``WeightSyncMode``; the engine and worker dispatch on the target.
+WEIGHT_SYNC_TARGETS: dict[str, str] = {"merged": "base", "full": "base", "adapter": "adapter"}
+
+
+def weight_target(mode: str) -> str:
+    """``base`` or ``adapter`` for a weight sync mode; an unknown mode names the valid ones."""
+    if mode not in WEIGHT_SYNC_TARGETS:
+        raise ValueError(f"unknown weight sync mode {mode!r}; known: {', '.join(WEIGHT_SYNC_TARGETS)}")
+    return WEIGHT_SYNC_TARGETS[mode]
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are a simultaneous interpreter translating {src_lang} into {tgt_lang}. "
     "The {src_lang} text arrives in pieces, one per user message. After each piece, "
@@ -82,7 +95,7 @@ class RolloutConfig(BaseModel):
     num_workers: int = Field(1, ge=1, le=4096, description="rollout worker replicas (one engine each)")
     num_cpus_per_worker: float = Field(1.0, ge=0.0, le=1024.0, description="Ray CPUs reserved per worker")
     num_gpus_per_worker: float = Field(0.0, ge=0.0, le=64.0, description="Ray GPUs reserved per worker")
-    weight_sync: Literal["merged", "adapter", "full"] = Field(
+    weight_sync: WeightSyncMode = Field(
         "merged", description="how new weights reach the engines: merged LoRA delta, LoRA adapter, all weights")
     weight_bucket_mb: int = Field(
         512, ge=1, le=65536, description="largest bucket of the weight broadcast (MiB; a bigger tensor goes alone)")

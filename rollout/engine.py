@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from rollout.config import EngineConfig
-from rollout.runner import GenerationResult, Sampling
+from rollout.config import EngineConfig, weight_target
+from rollout.types import GenerationResult, Sampling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_EXTENSION = "rollout.vllm_ext.WeightLoaderExtension"
@@ -50,7 +50,7 @@ def configure_common_env() -> None:
 
 
 class VLLMEngine:
-    """One vLLM engine; ``generate`` implements :class:`rollout.runner.GenerationBackend`."""
+    """One vLLM engine; ``generate`` implements :class:`rollout.types.GenerationBackend`."""
 
     def __init__(self, model: str, dtype: str, cfg: EngineConfig, seed: int = 0,
                  max_logprobs: int | None = None):
@@ -241,23 +241,28 @@ class VLLMEngine:
         ``merged``/``full``: reloaded in place bucket by bucket; ``adapter``: written as a peft
         directory and activated as a new LoRA version. Returns each worker's bucket checksums."""
         start = time.perf_counter()
-        if mode == "adapter":
-            if not self.cfg.enable_lora:
-                raise RuntimeError("weight_sync=adapter needs rollout.engine.enable_lora=true")
-            new_dir = tempfile.TemporaryDirectory(prefix=f"simulrl-adapter-v{version}-")
-            (Path(new_dir.name) / "adapter_config.json").write_text(adapter_config or "", encoding="utf-8")
-            infos = self.llm.collective_rpc("simulrl_receive_weights", timeout=timeout_s,
-                                            args=(buckets, new_dir.name))
-            self._activate_adapter(new_dir, version)
-        elif mode in ("merged", "full"):
-            infos = self.llm.collective_rpc("simulrl_receive_weights", timeout=timeout_s, args=(buckets, None))
-            self._drop_adapter()
-            self.llm.reset_prefix_cache()
-            self.weight_version = version
-        else:
-            raise ValueError(f"unknown weight update mode {mode!r}")
+        receive = {"adapter": self._receive_adapter, "base": self._receive_base}[weight_target(mode)]
+        infos = receive(version, buckets, adapter_config, timeout_s)
         return {"seconds": time.perf_counter() - start, "tensors": float(infos[0]["tensors"]),
                 "checksums": [i["checksums"] for i in infos], "weight_version": version}
+
+    def _receive_adapter(self, version: int, buckets: list[dict], adapter_config: str | None,
+                         timeout_s: float) -> list[dict]:
+        if not self.cfg.enable_lora:
+            raise RuntimeError("weight_sync=adapter needs rollout.engine.enable_lora=true")
+        new_dir = tempfile.TemporaryDirectory(prefix=f"simulrl-adapter-v{version}-")
+        (Path(new_dir.name) / "adapter_config.json").write_text(adapter_config or "", encoding="utf-8")
+        infos = self.llm.collective_rpc("simulrl_receive_weights", timeout=timeout_s, args=(buckets, new_dir.name))
+        self._activate_adapter(new_dir, version)
+        return infos
+
+    def _receive_base(self, version: int, buckets: list[dict], adapter_config: str | None,
+                      timeout_s: float) -> list[dict]:
+        infos = self.llm.collective_rpc("simulrl_receive_weights", timeout=timeout_s, args=(buckets, None))
+        self._drop_adapter()
+        self.llm.reset_prefix_cache()
+        self.weight_version = version
+        return infos
 
     def _drop_adapter(self) -> None:
         if self._lora is not None:

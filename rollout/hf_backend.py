@@ -1,4 +1,4 @@
-"""A :class:`~rollout.runner.GenerationBackend` on plain ``transformers``: the reference runner.
+"""A :class:`~rollout.types.GenerationBackend` on plain ``transformers``: the reference runner.
 
 Every call encodes each whole prompt from scratch (a KV cache lives only within one call),
 which is what a streaming rollout costs without a prefix cache: the benchmark baseline of
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rollout.runner import GenerationResult, Sampling
+from rollout.types import GenerationResult, Sampling
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

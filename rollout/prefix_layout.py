@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rollout.episode import ChatLayout, hf_codec, system_prompt_for
-from rollout.runner import Sampling, Source
+from rollout.types import Sampling, Source
 from rollout.simul_policies import (
     READ, WRITE, IncrementalText, LSGPolicy, PrefixPolicy, normalize_spaces, within_bounds)
 from rollout.units import chunk_source, count_units, unit_of
@@ -145,7 +145,7 @@ class _State:
 class PrefixDecoder:
     """Runs one prefix-layout policy over many sentences; call :meth:`step` until False.
 
-    ``backend`` is a :class:`~rollout.runner.GenerationBackend`; LSG also needs
+    ``backend`` is a :class:`~rollout.types.GenerationBackend`; LSG also needs
     ``next_token_logprobs``: ``top_k=None`` asks for exact full-vocabulary distributions as
     tensors (``HFBackend``), ``top_k=-1`` for the exact distributions as full-vocabulary
     log-prob lists (``VLLMEngine`` started with ``max_logprobs=-1``), a positive integer for

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from rollout.episode import Trajectory, system_prompt_for
-from rollout.runner import EpisodeFactory, Source
+from rollout.runner import EpisodeFactory
+from rollout.types import Source
 from rollout.units import Unit, chunk_source, count_units, num_steps, split_units, unit_of
 
 

@@ -189,18 +189,23 @@ class LSGPolicy:
 PrefixPolicy = WaitKPolicy | OfflinePolicy | LSGPolicy
 
 
-def build_policy(params: Mapping[str, object]) -> PrefixPolicy:
-    """A prefix-layout policy by ``type`` name (waitk, lsg, offline)."""
+# Read/write policies of the prefix layout by ``type`` name: a new policy is a class above and
+# one entry here (plus its config entry in ``orchestration.eval.config``).
+READ_WRITE_POLICIES: dict[str, Callable[[Mapping[str, object]], PrefixPolicy]] = {
+    "waitk": lambda p: WaitKPolicy(k=int(p["k"])),  # type: ignore[arg-type]
+    "offline": lambda p: OfflinePolicy(),
+    "lsg": lambda p: LSGPolicy(delta=float(p["delta"]), alpha=float(p["alpha"]),  # type: ignore[arg-type]
+                               L=int(p["L"]), U=int(p["U"]),  # type: ignore[arg-type]
+                               kl_direction=p.get("kl", "forward")),  # type: ignore[arg-type]
+}
+
+
+def build_read_write_policy(params: Mapping[str, object]) -> PrefixPolicy:
+    """A prefix-layout policy by ``type`` name (:data:`READ_WRITE_POLICIES`)."""
     kind = params.get("type")
-    if kind == "waitk":
-        return WaitKPolicy(k=int(params["k"]))  # type: ignore[arg-type]
-    if kind == "offline":
-        return OfflinePolicy()
-    if kind == "lsg":
-        return LSGPolicy(delta=float(params["delta"]), alpha=float(params["alpha"]),  # type: ignore[arg-type]
-                         L=int(params["L"]), U=int(params["U"]),  # type: ignore[arg-type]
-                         kl_direction=params.get("kl", "forward"))  # type: ignore[arg-type]
-    raise ValueError(f"unknown prefix-layout policy {kind!r}; known: waitk, lsg, offline")
+    if kind not in READ_WRITE_POLICIES:
+        raise ValueError(f"unknown prefix-layout policy {kind!r}; known: {', '.join(READ_WRITE_POLICIES)}")
+    return READ_WRITE_POLICIES[str(kind)](params)
 
 
 # --- unit segmentation of generated tokens ---------------------------------------------------

@@ -16,8 +16,8 @@ from collections import deque
 from typing import Callable, Protocol, Sequence
 
 from rollout.episode import Trajectory
-from rollout.runner import (EpisodeFactory, GenerationResult, RolloutStats, Sampling, Source, derive_seed,
-                            grouped_trajectories, run_episodes)
+from rollout.runner import EpisodeFactory, grouped_trajectories, run_episodes
+from rollout.types import GenerationResult, RolloutStats, Sampling, Source, derive_seed
 
 
 class StreamingBackend(Protocol):

@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, replace
 from typing import Any, Sequence
 
-from rollout.config import RolloutConfig
-from rollout.runner import Sampling, Source
+from rollout.config import RolloutConfig, weight_target
+from rollout.types import Sampling, Source
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,8 @@ class RolloutWorker:
 
     def update_weights(self, version: int, mode: str, payload: Any) -> dict[str, float]:
         """mode: 'merged' or 'full' (safetensors bytes), 'adapter' ({filename: bytes})."""
-        if mode == "adapter":
-            return self.engine.load_adapter(payload, version)
-        if mode in ("merged", "full"):
-            return self.engine.load_tensors(payload, version)
-        raise ValueError(f"unknown weight update mode {mode!r}")
+        load = {"adapter": self.engine.load_adapter, "base": self.engine.load_tensors}[weight_target(mode)]
+        return load(payload, version)
 
     def join_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
                           timeout_s: float, generation: int) -> list[dict]:

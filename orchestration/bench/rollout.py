@@ -33,7 +33,7 @@ HF_SOURCES = 4   # sources the transformers baselines run (one prompt per forwar
 
 
 def _sources(cfg) -> list:
-    from rollout.runner import Source
+    from rollout.types import Source
 
     ds = load_pairs(cfg.data.test, cfg.data, seed=cfg.run.seed, purpose="test",
                     limit=cfg.data.limit or 16, shuffle=False)
@@ -51,7 +51,7 @@ def _summary(trajs, stats) -> dict[str, Any]:
 def _episodes(backend, factory, sources, cfg, label: str, runner: str):
     from tqdm import tqdm
 
-    from rollout.runner import Sampling
+    from rollout.types import Sampling
     from rollout.stream_runner import run_rollout
 
     sampling = Sampling(temperature=cfg.rollout.sampling.temperature, top_p=cfg.rollout.sampling.top_p)
@@ -63,7 +63,7 @@ def _episodes(backend, factory, sources, cfg, label: str, runner: str):
 
 def _floor(engine, factory, sources, trajs, cfg) -> dict[str, Any]:
     """Each trajectory's token count generated in one request, without streaming."""
-    from rollout.runner import Sampling
+    from rollout.types import Sampling
 
     group = cfg.rollout.sampling.group_size
     prompts = [factory.make(sources[k // group]).prompt_ids for k in range(len(trajs))]

@@ -56,7 +56,7 @@ def peak_rss_during(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[A
 
 
 def _greedy_ids(pool, source) -> list[list[int]]:
-    from rollout.runner import Sampling
+    from rollout.types import Sampling
 
     trajs, _ = pool.rollout([source], 1, Sampling(temperature=0.0))
     return [t["token_ids"] for t in trajs]
@@ -129,7 +129,7 @@ def run_bench(cfg: RootConfig, out_dir: Path, repeats: int) -> dict[str, Any]:
     from orchestration.placement import build_plan, reserve
     from orchestration.runtime import close_all
     from orchestration.training.learners import policy_path
-    from rollout.runner import Source
+    from rollout.types import Source
     from rollout.worker import RolloutPool
 
     started = start_ray(cfg.ray.address, cfg.ray.num_cpus)

@@ -43,9 +43,9 @@ def placements() -> dict[str, list[str]]:
 
 def run_job(cfg, run_dir: Path) -> list[dict[str, Any]]:
     """The training steps of ``cfg`` (no dev evaluation, no checkpoint): their metrics rows."""
-    from orchestration.training.loop import Trainer
+    from orchestration.training.loop import TrainingRun
 
-    trainer = Trainer(cfg, run_dir)
+    trainer = TrainingRun(cfg, run_dir)
     rows = []
     try:
         trainer.start()

@@ -29,8 +29,8 @@ from orchestration.runtime import write_json_atomic
 from orchestration.eval.score import read_instances, summarize
 from reward.latency import elapsed_from_compute
 from rollout.prefix_layout import PrefixDecoder, PrefixPrompter, SimulOutput
-from rollout.runner import Source
-from rollout.simul_policies import build_policy, normalize_spaces, units_of_text
+from rollout.types import Source
+from rollout.simul_policies import build_read_write_policy, normalize_spaces, units_of_text
 from rollout.units import join_pieces, step_delay, unit_of
 
 
@@ -97,7 +97,7 @@ class EvalWorker:
     def _prefix_batches(self, params: dict[str, Any], sources: list[Source]
                         ) -> Iterator[tuple[int, list[SimulOutput] | None, dict]]:
         ev = self.cfg.eval
-        policy = build_policy(params)
+        policy = build_read_write_policy(params)
         if params.get("distribution") == "topk":
             top_k = params["top_k"]
         else:   # exact: dense tensors from transformers, full-vocabulary lists from vLLM
@@ -112,7 +112,8 @@ class EvalWorker:
 
     def _learned_batches(self, params: dict[str, Any], sources: list[Source]
                          ) -> Iterator[tuple[int, list[SimulOutput] | None, dict]]:
-        from rollout.runner import EpisodeFactory, Sampling, run_episodes
+        from rollout.runner import EpisodeFactory, run_episodes
+        from rollout.types import Sampling
 
         if params.get("checkpoint"):
             kind, payload = read_checkpoint(params["checkpoint"])

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.prefix_layout import PrefixDecoder, PrefixPrompter
-from rollout.runner import Source
+from rollout.types import Source
 from rollout.simul_policies import READ, WaitKPolicy, normalize_spaces
 from rollout.units import split_units
 

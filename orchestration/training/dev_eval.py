@@ -34,7 +34,7 @@ def evaluate_dev(pool, reward_client, dev: Dataset, lam: float) -> DevResult:
     from reward.latency import al, laal
     from reward.text_metrics import reference_length
     from reward.types import QualityItem
-    from rollout.runner import Sampling
+    from rollout.types import Sampling
     from rollout.units import unit_of
 
     sources = to_sources(dev.pairs, dev)

@@ -54,7 +54,7 @@ def check_model(cfg: RootConfig) -> None:
     policy_path(cfg)   # model.init_from must name a finished SFT run
 
 
-class Trainer:
+class TrainingRun:
     def __init__(self, cfg: RootConfig, run_dir: Path, resume: bool = False):
         self.cfg, self.run_dir = cfg, run_dir
         self.train_set, self.train_pairs, self.dev_set = load_training_data(cfg)
@@ -141,7 +141,7 @@ class Trainer:
 
     def _plan(self, step: int) -> list:
         """The sources of ``step``: the next draws of the cursor, seeded by (seed, step, draw)."""
-        from rollout.runner import derive_seed
+        from rollout.types import derive_seed
 
         cfg = self.cfg
         first_draw = self.cursor.draws
@@ -161,7 +161,7 @@ class Trainer:
                 "rollout_s": time.perf_counter() - t0}
 
     def _pool_rollout(self, sources: list) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        from rollout.runner import Sampling
+        from rollout.types import Sampling
 
         sp = self.cfg.rollout.sampling
         try:
@@ -191,7 +191,7 @@ class Trainer:
         return batch
 
     def _rollout_sources(self, sources: list[dict[str, Any]]) -> dict[str, Any]:
-        from rollout.runner import Source
+        from rollout.types import Source
 
         srcs = [Source(**s) for s in sources]
         t0 = time.perf_counter()
@@ -212,7 +212,7 @@ class Trainer:
         from dataclasses import asdict
 
         from learner.grpo import informative_groups
-        from rollout.runner import Source, derive_seed
+        from rollout.types import Source, derive_seed
 
         cfg, t_step = self.cfg, time.perf_counter()
         step = self.step + 1
@@ -390,7 +390,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir = resolve_run_dir(cfg)
     check_model(cfg)
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume))   # validates data before any actor
+    trainer = TrainingRun(cfg, run_dir, resume=bool(args.resume))   # validates data before any actor
     if args.resume:
         record_resume(run_dir, trainer._resume_from, list(args.overrides or []))
         if args.overrides:

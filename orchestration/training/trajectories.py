@@ -16,7 +16,7 @@ def to_sources(pairs: Sequence[Pair], ds: Dataset, groups: Sequence[int] | None 
                seeds: Sequence[int] | None = None) -> list:
     """Rollout sources; ``groups`` (unique ids of these draws) and ``seeds`` (their sampling
     seeds) are set for training batches, where one pair may be drawn twice."""
-    from rollout.runner import Source
+    from rollout.types import Source
 
     groups = list(groups) if groups is not None else [None] * len(pairs)
     seeds = list(seeds) if seeds is not None else [None] * len(pairs)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rollout.config import EngineConfig, EpisodeConfig
-from rollout.runner import EpisodeFactory, Sampling, Source, run_episodes
+from rollout.runner import EpisodeFactory, run_episodes
+from rollout.types import Sampling, Source
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]   # slow too: `-m "not slow"` stays CPU-only
 

@@ -7,12 +7,12 @@ import torch
 from learner.batch import TrainBatch, TrainTrajectory
 from learner.config import LearnerConfig, LoraConfig
 from learner.export import adapter_files, export_tensors, trainable_names
-from learner.policy import PolicyLogprobs, build_policy, collate, sequence_logprobs
+from learner.policy import PolicyLogprobs, collate, load_policy, sequence_logprobs
 
 
 def _lora_policy(model_dir, targets=("q_proj", "v_proj")):
     cfg = LearnerConfig(dtype="float32", lora=LoraConfig(target_modules=list(targets)))
-    policy, reference = build_policy(model_dir, cfg, seed=0)
+    policy, reference = load_policy(model_dir, cfg, seed=0)
     assert reference is None
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():   # B starts at 0 (adapter = identity): give it a real delta
@@ -70,12 +70,12 @@ def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir):
 
 
 def test_full_finetuning_keeps_a_frozen_reference_only_with_kl(tiny_model_dir):
-    policy, reference = build_policy(tiny_model_dir, LearnerConfig(dtype="float32", kl_beta=0.1,
+    policy, reference = load_policy(tiny_model_dir, LearnerConfig(dtype="float32", kl_beta=0.1,
                                                                    lora=LoraConfig(enabled=False)))
     assert reference is not None and not any(p.requires_grad for p in reference.parameters())
     assert all(p.requires_grad for p in policy.parameters())
     assert set(trainable_names(policy)) == set(dict(policy.named_parameters()))
-    _, none = build_policy(tiny_model_dir, LearnerConfig(dtype="float32", kl_beta=0.0,
+    _, none = load_policy(tiny_model_dir, LearnerConfig(dtype="float32", kl_beta=0.0,
                                                          lora=LoraConfig(enabled=False)))
     assert none is None
     with pytest.raises(ValueError, match="LoRA"):

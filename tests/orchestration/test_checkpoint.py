@@ -129,11 +129,11 @@ def test_a_full_disk_at_a_checkpoint_ends_train_with_the_intact_checkpoint(tmp_p
         return write_checkpoint(self.run_dir, self.step, {"weight_version": self.step, "cursor": self.cursor.state(),
                                                           "history": self.history}, parts)
 
-    monkeypatch.setattr(train.Trainer, "start", lambda self: None)
-    monkeypatch.setattr(train.Trainer, "close", lambda self: self.log.close())
-    monkeypatch.setattr(train.Trainer, "train_step", fake_step)
-    monkeypatch.setattr(train.Trainer, "evaluate", lambda self, tag: dev)
-    monkeypatch.setattr(train.Trainer, "checkpoint", fake_checkpoint)
+    monkeypatch.setattr(train.TrainingRun, "start", lambda self: None)
+    monkeypatch.setattr(train.TrainingRun, "close", lambda self: self.log.close())
+    monkeypatch.setattr(train.TrainingRun, "train_step", fake_step)
+    monkeypatch.setattr(train.TrainingRun, "evaluate", lambda self, tag: dev)
+    monkeypatch.setattr(train.TrainingRun, "checkpoint", fake_checkpoint)
     data = build_tiny_data(tmp_path / "data", n=6)
     run = tmp_path / "run"
     code = launch.main(["train", f"data.dir={data}", f"run.dir={run}", "model.path=some-hub-id", "train.steps=6",

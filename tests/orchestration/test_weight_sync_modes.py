@@ -11,7 +11,7 @@ import pytest
 from learner.batch import TrainBatch, TrainTrajectory
 from learner.config import LearnerConfig, LoraConfig
 from rollout.config import EngineConfig, EpisodeConfig, RolloutConfig
-from rollout.runner import Sampling, Source
+from rollout.types import Sampling, Source
 
 pytestmark = pytest.mark.slow
 

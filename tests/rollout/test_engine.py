@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from rollout.config import EngineConfig, EpisodeConfig
-from rollout.runner import EpisodeFactory, Sampling, Source, run_episodes
+from rollout.runner import EpisodeFactory, run_episodes
+from rollout.types import Sampling, Source
 from rollout.weights import expand_packed
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,8 @@ import torch
 
 from rollout.config import EpisodeConfig
 from rollout.hf_backend import HFBackend
-from rollout.runner import EpisodeFactory, Sampling, Source, run_episodes
+from rollout.runner import EpisodeFactory, run_episodes
+from rollout.types import Sampling, Source
 
 GREEDY = Sampling(temperature=0)
 TEXTS = ["Die Katze sitzt", "The train to Berlin is twenty minutes late today and",

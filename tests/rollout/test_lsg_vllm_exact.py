@@ -12,7 +12,7 @@ import pytest
 
 from rollout.config import EngineConfig
 from rollout.prefix_layout import PrefixPrompter, full_vocabulary_array, run_prefix_policy
-from rollout.runner import Source
+from rollout.types import Source
 from rollout.simul_policies import LSGPolicy
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "qwen2.5-0.5b-instruct"

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from rollout.config import EpisodeConfig
-from rollout.runner import EpisodeFactory, GenerationResult, Sampling, Source, derive_seed, run_episodes
+from rollout.runner import EpisodeFactory, run_episodes
+from rollout.types import GenerationResult, Sampling, Source, derive_seed
 
 
 class ScriptedBackend:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import torch
 
-from rollout.runner import derive_seed
+from rollout.types import derive_seed
 from rollout.seeded_sampler import (SEED_KEY, TEMPERATURE_KEY, TOP_P_KEY, SeededSampler, sample_index, sample_indices,
                                     top_p_mask)
 
@@ -61,7 +61,7 @@ def test_a_flat_distribution_beyond_the_probe_finds_its_whole_nucleus():
 
 def test_derive_seed_is_stable_and_distinguishes_parts():
     # the same in another process with another hash seed: a resumed run draws what the first did
-    other = subprocess.run([sys.executable, "-c", "from rollout.runner import derive_seed; print(derive_seed(0, 1, 2))"],
+    other = subprocess.run([sys.executable, "-c", "from rollout.types import derive_seed; print(derive_seed(0, 1, 2))"],
                            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONHASHSEED": "123"},
                            cwd=Path(__file__).resolve().parents[2])
     assert int(other.stdout) == derive_seed(0, 1, 2)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rollout.config import EpisodeConfig
-from rollout.runner import EpisodeFactory, GenerationResult, Source, run_episodes, Sampling
+from rollout.runner import EpisodeFactory, run_episodes
+from rollout.types import GenerationResult, Source, Sampling
 from rollout.sft_episodes import emitted_lengths, prefix_samples, reference_pieces, sft_trajectory
 
 SRC = "Der Zug nach Berlin hat heute zwanzig Minuten Verspätung ."

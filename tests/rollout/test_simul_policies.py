@@ -11,9 +11,9 @@ import torch
 from rollout.hf_backend import HFBackend
 from rollout.prefix_layout import (
     DEFAULT_PREFIX_SYSTEM_PROMPT, MAX_EMPTY_WRITES, PrefixPrompter, run_prefix_policy)
-from rollout.runner import GenerationResult, Source
+from rollout.types import GenerationResult, Source
 from rollout.simul_policies import (
-    ASK, READ, WRITE, IncrementalText, LSGPolicy, OfflinePolicy, WaitKPolicy, build_policy, kl_exact,
+    ASK, READ, WRITE, IncrementalText, LSGPolicy, OfflinePolicy, WaitKPolicy, build_read_write_policy, kl_exact,
     kl_topk, lsg_bounds, lsg_range_action, normalize_spaces, waitk_delays)
 from rollout.units import count_units
 
@@ -73,12 +73,12 @@ def test_topk_kl_is_exact_with_the_whole_vocabulary_and_close_with_most_mass():
 
 
 def test_build_policy_by_name():
-    assert build_policy({"type": "waitk", "k": 3}) == WaitKPolicy(3)
-    assert isinstance(build_policy({"type": "offline"}), OfflinePolicy)
-    lsg = build_policy({"type": "lsg", "delta": 1.0, "alpha": 0.5, "L": 2, "U": 3, "kl": "reverse"})
+    assert build_read_write_policy({"type": "waitk", "k": 3}) == WaitKPolicy(3)
+    assert isinstance(build_read_write_policy({"type": "offline"}), OfflinePolicy)
+    lsg = build_read_write_policy({"type": "lsg", "delta": 1.0, "alpha": 0.5, "L": 2, "U": 3, "kl": "reverse"})
     assert lsg == LSGPolicy(1.0, 0.5, 2, 3, "reverse")
     with pytest.raises(ValueError, match="unknown"):
-        build_policy({"type": "nope"})
+        build_read_write_policy({"type": "nope"})
 
 
 def test_lsg_pending_units_wait_for_the_lower_bound_only():

@@ -8,7 +8,8 @@ import hashlib
 import pytest
 
 from rollout.config import EpisodeConfig
-from rollout.runner import EpisodeFactory, GenerationResult, Sampling, Source, run_episodes
+from rollout.runner import EpisodeFactory, run_episodes
+from rollout.types import GenerationResult, Sampling, Source
 from rollout.stream_runner import run_episodes_streaming
 
 

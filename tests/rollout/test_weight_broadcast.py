@@ -13,7 +13,8 @@ import threading
 import pytest
 
 from rollout.config import EngineConfig, EpisodeConfig
-from rollout.runner import EpisodeFactory, Sampling, Source, run_episodes
+from rollout.runner import EpisodeFactory, run_episodes
+from rollout.types import Sampling, Source
 
 pytestmark = pytest.mark.slow
 

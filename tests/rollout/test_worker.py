@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from rollout.config import EngineConfig, EpisodeConfig, RolloutConfig
-from rollout.runner import Sampling, Source
+from rollout.types import Sampling, Source
 from rollout.worker import RolloutPool, shard_sources
 
 SOURCES = [Source(i, text, "de", "en") for i, text in enumerate([
@@ -55,3 +55,16 @@ def test_killed_worker_is_restarted_and_its_shard_redone(ray_local, tiny_model_d
         assert [t["token_ids"] for t in trajs] == [t["token_ids"] for t in before]
     finally:
         pool.shutdown()
+
+
+def test_every_weight_sync_mode_has_a_target_and_unknown_ones_are_named():
+    import typing
+
+    import pytest
+
+    from rollout.config import WEIGHT_SYNC_TARGETS, WeightSyncMode, weight_target
+
+    assert set(typing.get_args(WeightSyncMode)) == set(WEIGHT_SYNC_TARGETS)
+    assert {weight_target(m) for m in WEIGHT_SYNC_TARGETS} == {"base", "adapter"}
+    with pytest.raises(ValueError, match="unknown weight sync mode 'lazy'; known: merged, full, adapter"):
+        weight_target("lazy")

@@ -10,7 +10,7 @@ import torch
 from orchestration.eval.simuleval_agent import run_simuleval
 from rollout.hf_backend import HFBackend
 from rollout.prefix_layout import PrefixPrompter, run_prefix_policy
-from rollout.runner import Source
+from rollout.types import Source
 from rollout.simul_policies import WaitKPolicy
 
 DE = ["Die Katze sitzt auf der Matte und schaut aus dem Fenster.",

@@ -44,7 +44,7 @@ def test_soak_with_killed_actors_and_a_dead_learner_rank(tiny_model_dir, tmp_pat
             ray.kill(self.learners[1])
         return real_step(self)
 
-    monkeypatch.setattr(train_mod.Trainer, "train_step", step_with_failures)
+    monkeypatch.setattr(train_mod.TrainingRun, "train_step", step_with_failures)
     data = build_tiny_data(tmp_path / "data", n=14)
     run = tmp_path / "soak"
     args = _tiny_run(tiny_model_dir, data, run, f"train.steps={STEPS}", f"train.sources_per_step={PER_STEP}",
