@@ -2,10 +2,11 @@
 
 ``RewardClient`` owns ``settings.replicas`` actors. A call splits its groups into one
 contiguous shard per replica, runs the shards in parallel and concatenates the answers in
-input order. When a replica's process has died (``ray.exceptions.RayActorError``) the
-client starts a new replica in its place and sends it the same shard once more; the
-service keeps no state between calls, so redoing a shard loses and double-counts nothing.
-A second failure of the same shard is raised.
+input order. A replica whose process dies is restarted by Ray and the shard it was scoring
+is retried there (``max_restarts``/``max_task_retries`` in ``reward.service.actor_options``);
+the service keeps no state between calls, so redoing a shard loses and double-counts
+nothing. The client counts the restarts its answers report; a replica that keeps dying is
+given up by Ray and the call raises.
 """
 from __future__ import annotations
 
@@ -69,24 +70,14 @@ class RewardClient:
             # Usually the scorer's constructor failed (missing checkpoint, bad interpreter).
             raise RuntimeError(f"a reward service replica failed to start: {exc}") from None
 
-    def _restart(self, index: int) -> None:
-        try:
-            ray.kill(self.actors[index], no_restart=True)
-        except Exception:  # already gone: nothing to clean up
-            pass
-        self.actors[index] = self._new_actor(index)
-        self.restarts += 1
-
     def _call(self, method: str, shards: list[list[Any]]) -> list[Any]:
-        """``method(shard)`` on replica i for shard i; a dead replica is replaced and retried once."""
+        """``method(shard)`` on replica i for shard i (Ray retries it on a restarted replica)."""
         refs = [getattr(self.actors[i], method).remote(s) for i, s in enumerate(shards)]
-        results = []
-        for i, (ref, part) in enumerate(zip(refs, shards)):
-            try:
-                results.append(ray.get(ref, timeout=self.timeout_s or CALL_TIMEOUT_S))
-            except RayActorError:
-                self._restart(i)
-                results.append(ray.get(getattr(self.actors[i], method).remote(part), timeout=self.timeout_s or CALL_TIMEOUT_S))
+        try:
+            results = ray.get(refs, timeout=self.timeout_s or CALL_TIMEOUT_S)
+        except RayActorError as exc:
+            raise RuntimeError(f"a reward service replica died more often than Ray restarts it: {exc}") from None
+        self.restarts += sum(int(r.stats.get("restarted", 0)) for r in results)
         return results
 
     def score(self, groups: Sequence[Sequence[RewardInput]]) -> ScoreBatch:

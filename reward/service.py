@@ -76,6 +76,9 @@ class RewardWorker:
         self._calls = 0
         self._segments = 0
         self._seconds = 0.0
+        # Ray restarts a dead replica itself (``actor_options``); the first answer of a
+        # restarted one says so, which is how the client counts restarts.
+        self._restarted = _reconstructed()
 
     def score(self, groups: Sequence[Sequence[RewardInput]]) -> ScoreBatch:
         """Fused rewards of many groups, with this call's scoring time."""
@@ -104,9 +107,13 @@ class RewardWorker:
         self._seconds += seconds
 
     def stats(self) -> dict[str, Any]:
-        """Running totals of this replica: calls, segments, seconds, segments per second."""
-        return {"calls": self._calls, "segments": self._segments, "seconds": self._seconds,
-                "segments_per_s": self._segments / self._seconds if self._seconds > 0 else 0.0}
+        """Running totals of this replica: calls, segments, seconds, segments per second; and
+        ``restarted`` (1) in the first answer of a replica Ray restarted."""
+        out = {"calls": self._calls, "segments": self._segments, "seconds": self._seconds,
+               "segments_per_s": self._segments / self._seconds if self._seconds > 0 else 0.0}
+        if self._restarted:
+            out["restarted"], self._restarted = 1, False
+        return out
 
     def info(self) -> dict[str, Any]:
         """Who this replica is: scorer, process id, interpreter."""
@@ -117,6 +124,16 @@ class RewardWorker:
 
 
 RewardService = ray.remote(RewardWorker)
+# A replica keeps no state between calls, so Ray may restart a dead one and retry the calls it
+# was running (at-least-once is exactly-once here); a replica failing this often is given up.
+MAX_RESTARTS = 3
+
+
+def _reconstructed() -> bool:
+    try:
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # noqa: BLE001 - not inside an actor (a RewardWorker used in-process)
+        return False
 
 
 def resolve_python(path: str) -> str:
@@ -133,7 +150,8 @@ def resolve_python(path: str) -> str:
 
 def actor_options(settings: RewardSettings) -> dict[str, Any]:
     """Ray options of one replica: resources, and the COMET interpreter when needed."""
-    opts: dict[str, Any] = {"num_cpus": settings.num_cpus, "max_restarts": 0}
+    opts: dict[str, Any] = {"num_cpus": settings.num_cpus, "max_restarts": MAX_RESTARTS,
+                            "max_task_retries": MAX_RESTARTS}
     if settings.device == "cuda":
         opts["num_gpus"] = 1
     if settings.quality == "comet" and settings.comet_python:

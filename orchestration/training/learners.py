@@ -51,6 +51,10 @@ def build_learners(cfg: RootConfig, reserved=None, plan=None) -> list:
         o.update(reserved.options(plan.learner[i]))
         return o
 
+    # DeepSpeed's env:// rendezvous needs MASTER_PORT before any rank's constructor runs, so a
+    # free port is probed on rank 0's node and released again. Another process could take it in
+    # between; the ranks then fail to start with "address in use" (a retry of the run fixes it).
+    # A store that keeps its port would need a second, serial start phase for every rank.
     @ray.remote(num_cpus=0)
     def master_endpoint() -> tuple[str, int]:
         import socket

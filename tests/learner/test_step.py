@@ -38,7 +38,7 @@ class World:
         return out
 
 
-class ToyTrainer:
+class ToyRank:
     def __init__(self, world: World | None = None, rank: int = 0, lr: float = 0.0):
         self.world, self.rank = world, rank
         self.world_size = world.size if world else 1
@@ -125,7 +125,7 @@ def by_hand(batch: TrainBatch, theta: torch.Tensor, old_theta: torch.Tensor, the
 def test_single_update_equals_grpo_functions_by_hand(agg):
     batch = make_batch()
     s = StepSettings(clip_low=0.2, clip_high=0.28, kl_beta=0.05, loss_agg=agg, micro_batch_size=2)
-    trainer = ToyTrainer(lr=0.1)
+    trainer = ToyRank(lr=0.1)
     theta0 = trainer.theta.detach().clone()
     metrics = grpo_step(trainer, batch, s, batch.counts())
     loss, grad, out, inputs = by_hand(batch, theta0, theta0, trainer.theta_ref, s)
@@ -149,7 +149,7 @@ def test_several_updates_use_old_logprobs_from_before_the_first():
     batch = make_batch(n=6, seed=1)
     s = StepSettings(clip_low=0.1, clip_high=0.1, kl_beta=0.0, ppo_epochs=2, num_minibatches=2,
                      micro_batch_size=2)
-    trainer = ToyTrainer(lr=2.0)
+    trainer = ToyRank(lr=2.0)
     theta0 = trainer.theta.detach().clone()
     metrics = grpo_step(trainer, batch, s)
     assert (False, False) in trainer.passes and metrics["updates"] == 4
@@ -167,10 +167,10 @@ def test_several_updates_use_old_logprobs_from_before_the_first():
 def test_two_ranks_with_accumulation_equal_one_rank(agg):
     batch = make_batch(n=7, seed=2)
     s = StepSettings(kl_beta=0.02, loss_agg=agg, micro_batch_size=3)
-    single = ToyTrainer(lr=0.5)
+    single = ToyRank(lr=0.5)
     one = [grpo_step(single, batch, s, batch.counts()) for _ in range(2)]
     world = World(2)
-    ranks = [ToyTrainer(world, r, lr=0.5) for r in range(2)]
+    ranks = [ToyRank(world, r, lr=0.5) for r in range(2)]
     shards = batch.split(2)       # 4 and 3 trajectories: rank 1 runs a zero-weight filler micro-batch
     results = run_on_ranks(2, lambda r: grpo_step(ranks[r], shards[r], s, batch.counts()))
     for r in range(2):
@@ -184,9 +184,9 @@ def test_two_ranks_with_accumulation_equal_one_rank(agg):
 def test_wrong_global_counts_and_empty_shards_are_refused():
     batch = make_batch(n=3)
     with pytest.raises(ValueError, match="lost or duplicated"):
-        grpo_step(ToyTrainer(), batch, StepSettings(), {"tokens": 1, "sequences": 3})
+        grpo_step(ToyRank(), batch, StepSettings(), {"tokens": 1, "sequences": 3})
     with pytest.raises(ValueError, match="no trajectories"):
-        grpo_step(ToyTrainer(), TrainBatch([]), StepSettings())
+        grpo_step(ToyRank(), TrainBatch([]), StepSettings())
 
 
 def test_micro_batch_plan_sorts_and_pads_with_zero_weight_fillers():

@@ -7,7 +7,7 @@ from dataclasses import fields
 from orchestration.metrics_log import CURVES, MetricsLog, plot_curves
 from orchestration.training.dev_eval import DevResult
 from orchestration.training.trajectories import group_metrics
-from tests.learner.test_step import ToyTrainer, make_batch
+from tests.learner.test_step import ToyRank, make_batch
 
 
 def _emitted_keys() -> set[str]:
@@ -17,7 +17,7 @@ def _emitted_keys() -> set[str]:
     from reward.types import RewardInput, RewardSettings, ScoreBatch
 
     batch = make_batch()
-    learner = grpo_step(ToyTrainer(lr=0.1), batch, StepSettings(), batch.counts())
+    learner = grpo_step(ToyRank(lr=0.1), batch, StepSettings(), batch.counts())
     settings = RewardSettings()
     scorer = build_scorer(settings)
     group = [RewardInput(source="a b c", reference="x y z", hypothesis=h, delays=[1, 2, 3][:len(h.split())],
@@ -28,7 +28,7 @@ def _emitted_keys() -> set[str]:
     keys = {f"learner/{k}" for k in learner}
     keys |= set(group_metrics(scored, trajs, 0))
     keys |= {f"dev/{f.name}" for f in fields(DevResult)}
-    keys.add("time/step_s")   # Trainer.train_step's own timing (test_train checks it in metrics.jsonl)
+    keys.add("time/step_s")   # TrainingRun.train_step's own timing (test_train checks it in metrics.jsonl)
     return keys
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from orchestration.bench.reward import MQM_COLUMNS, kendall_tau_b, read_mqm, tar
 from orchestration.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[2]
-COMET_PYTHON = REPO / ".venv-comet" / "bin" / "python"
 
 
 def test_kendall_tau_b_by_hand():
@@ -40,17 +38,11 @@ def _naive_tau_b(x, y):
     return c_minus_d / ((n0 - n1) * (n0 - n2)) ** 0.5
 
 
-def test_kendall_tau_b_with_ties_and_blocks_matches_the_definition_and_scipy():
+def test_kendall_tau_b_with_ties_matches_the_definition():
     rng = random.Random(3)
     x = [rng.randint(0, 5) for _ in range(300)]
     y = [xi + rng.choice([-2, -1, 0, 0, 1]) for xi in x]
-    ours = kendall_tau_b(x, y, block=37)  # blocks that do not divide n
-    assert ours == pytest.approx(_naive_tau_b(x, y), abs=1e-12)
-    if COMET_PYTHON.is_file():  # scipy is in the COMET environment only: use it as an oracle
-        code = f"from scipy.stats import kendalltau; print(repr(float(kendalltau({x}, {y}).statistic)))"
-        out = subprocess.run([str(COMET_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        assert ours == pytest.approx(float(out.stdout), abs=1e-12)
+    assert kendall_tau_b(x, y) == pytest.approx(_naive_tau_b(x, y), abs=1e-12)
 
 
 ROWS = [

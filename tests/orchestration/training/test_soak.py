@@ -28,7 +28,7 @@ def test_soak_with_killed_actors_and_a_dead_learner_rank(tiny_model_dir, tmp_pat
     kills = {steps[0]: "rollout", steps[1]: "reward", steps[2]: "rollout", steps[3]: "reward"}
     rank_dies_at = rng.randrange(12, 40)
     injected: list[tuple[int, str]] = []
-    real_step = train_mod.Trainer.train_step
+    real_step = train_mod.TrainingRun.train_step
 
     def step_with_failures(self):
         step = self.step + 1
@@ -36,7 +36,7 @@ def test_soak_with_killed_actors_and_a_dead_learner_rank(tiny_model_dir, tmp_pat
         if what == "rollout":
             ray.kill(self.rollout.workers[0])            # the process dies; the pool must notice
         elif what == "reward":
-            ray.kill(self.reward.actors[0], no_restart=True)
+            ray.kill(self.reward.actors[0], no_restart=False)   # a crash: Ray restarts the replica
         if what:
             injected.append((step, what))
         if step == rank_dies_at and (step, "learner") not in injected:   # once: the resumed run redoes it
