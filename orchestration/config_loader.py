@@ -134,11 +134,13 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
     """YAML file (optional) + overrides -> validated ``schema`` (:class:`RootConfig` by default;
     another root such as the eval command's may bring its own ``format_error(err, source)``)."""
     data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
-    for text in overrides:
-        apply_override(data, *parse_override(text))
+    parsed = [parse_override(text) for text in overrides]
+    for parts, value in parsed:
+        apply_override(data, parts, value)
     source = str(path) if path is not None else "defaults"
     if overrides:
         source += " + command-line overrides"
+    _refuse_unused_sections(schema, path, [parts for parts, _ in parsed], source)
     try:
         cfg = schema.model_validate(data)
     except ValidationError as err:
@@ -148,6 +150,25 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
 
     check_config(cfg, source)   # all cross-field problems at once
     return resolve_dtypes(cfg)
+
+
+def _refuse_unused_sections(schema: type[BaseModel], path, overrides: list[list[str]], source: str) -> None:
+    """A schema's ``UNUSED_SECTIONS`` (section -> why the command ignores it) may come from a
+    ``base:`` file shared with another command, but a key the user sets in the given file or on
+    the command line is refused: it would change nothing."""
+    unused: dict[str, str] = getattr(schema, "UNUSED_SECTIONS", {})
+    if not unused:
+        return
+    own: dict[str, Any] = {}
+    if path is not None:
+        top = _load_yaml(Path(path).read_text(encoding="utf-8")) or {}
+        own = top if isinstance(top, dict) else {}
+    keys = [f"{name}.{key}" for name in unused if isinstance(own.get(name), dict) for key in own[name]]
+    keys += [f"{name}" for name in unused if name in own and not isinstance(own.get(name), dict)]
+    keys += [".".join(parts) for parts in overrides if parts[0] in unused]
+    if keys:
+        raise ConfigError("\n".join(f"{source}: {key}: not used by this command ({unused[key.split('.')[0]]}); "
+                                     "remove it" for key in keys))
 
 
 def resolve_dtypes(cfg):

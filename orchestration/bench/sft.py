@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from orchestration.config_loader import load_config
 from orchestration.data import source_units
 from orchestration.runtime import start_ray, write_json_atomic
-from orchestration.training.sft import episode_factory, learner_root, load_sft_data, sft_batch
+from orchestration.training.sft import episode_factory, load_sft_data, sft_batch
 from orchestration.training.sft_config import SftRootConfig
 from orchestration.training.learners import build_learners, policy_path
 from orchestration.training.trajectories import to_sources
@@ -66,7 +66,7 @@ def run_bench(cfg: SftRootConfig, out_dir: Path) -> dict[str, Any]:
     size = cfg.sft.batch_size
     groups = [list(range(a, min(a + size, len(sources)))) for a in range(0, len(sources), size)]
     started = start_ray(cfg.ray.address, cfg.ray.num_cpus)
-    learners = build_learners(learner_root(cfg).model_copy(
+    learners = build_learners(cfg.model_copy(
         update={"model": cfg.model.model_copy(update={"path": model, "init_from": None})}))
     try:
         warm = [sft_batch(interleaved[:len(learners)])]   # first forward/backward pays one-off costs

@@ -59,11 +59,6 @@ def sft_batch(trajs: Sequence) -> Any:
     return TrainBatch([TrainTrajectory(t.token_ids, t.action_mask, 0.0, [0.0] * len(t.token_ids)) for t in trajs])
 
 
-def learner_root(cfg: SftRootConfig) -> SftRootConfig:
-    """The learner as SFT uses it: no KL term, so no reference copy for full fine-tuning."""
-    return cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"kl_beta": 0.0})})
-
-
 def export_model(learners, base_dir: Path, out_dir: Path, note: dict[str, Any], timeout_s: float) -> Path:
     """``out_dir`` = the base model's config and tokenizer files + the trained weights, atomically.
 
@@ -94,7 +89,7 @@ class SftRun:
         self.model_path = policy_path(cfg)
         self.history: dict[str, Any] = {}
         self.step = 0
-        self.log = MetricsLog(run_dir, tensorboard=cfg.train.tensorboard)
+        self.log = MetricsLog(run_dir, tensorboard=cfg.sft.tensorboard)
 
     def start(self) -> None:
         from rollout.sft_episodes import sft_trajectories
@@ -109,7 +104,7 @@ class SftRun:
         self.build_s = time.perf_counter() - t0
         from orchestration.placement import build_plan, reserve
 
-        root = learner_root(cfg).model_copy(
+        root = cfg.model_copy(
             update={"model": cfg.model.model_copy(update={"path": self.model_path, "init_from": None})})
         plan = build_plan(root)
         if not cfg.sft.eval_rollouts:

@@ -6,7 +6,9 @@ so SFT episodes are those the rollout will build.
 """
 from __future__ import annotations
 
-from pydantic import Field
+from typing import ClassVar
+
+from pydantic import Field, model_validator
 
 from orchestration.config import RootConfig, _Section
 
@@ -23,11 +25,30 @@ class SftConfig(_Section):
     dev_size: int = Field(16, ge=1, le=100_000, description="first pairs of data.dev for dev loss and evaluation")
     eval_rollouts: bool = Field(
         True, description="greedy interleaved rollouts on dev (train's dev evaluation) before training and after each epoch")
+    tensorboard: bool = Field(True, description="also write TensorBoard event files")
     export_model: bool = Field(
         True, description="write RUN_DIR/model, a plain HF directory (LoRA merged) that `train` starts from")
 
 
 class SftRootConfig(RootConfig):
-    """Everything ``launch.py sft`` and ``launch.py bench sft`` need."""
+    """Everything ``launch.py sft`` and ``launch.py bench sft`` need.
+
+    An SFT config is usually based on the training config it warm-starts (one episode layout),
+    so it inherits a ``train`` section: that section is ignored, and setting one of its keys in
+    the SFT config itself is an error. ``reward`` scores the dev evaluation (quality, λ)."""
+
+    UNUSED_SECTIONS: ClassVar[dict[str, str]] = {
+        "train": "sft trains for sft.epochs over the pairs; its dev set is sft.dev_size"}
 
     sft: SftConfig = Field(default_factory=SftConfig, description="SFT warm start")
+
+    @model_validator(mode="after")
+    def _no_kl_term(self) -> "SftRootConfig":
+        # SFT trains on reference translations: there is no sampled policy to keep near a reference.
+        # Unset, kl_beta is 0 here; set (here or in a base training config) to anything else, an error.
+        if "kl_beta" not in self.learner.model_fields_set:
+            self.learner.kl_beta = 0.0
+        elif self.learner.kl_beta != 0.0:
+            raise ValueError(f"learner.kl_beta={self.learner.kl_beta:g}: SFT has no KL term; "
+                             "set learner.kl_beta: 0 in the SFT config")
+        return self

@@ -8,7 +8,7 @@ import torch
 from learner.batch import TrainBatch, TrainTrajectory
 from learner.policy import collate
 from learner.sft_step import sft_eval, sft_step, sft_token_loss
-from tests.learner.test_step import ToyTrainer, World, make_batch, run_on_ranks, toy_logprobs
+from tests.learner.test_step import ToyRank, World, make_batch, run_on_ranks, toy_logprobs
 
 
 def by_hand(batch: TrainBatch, theta: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -30,7 +30,7 @@ def test_loss_counts_action_tokens_only():
 
 def test_one_step_equals_mean_cross_entropy_by_hand():
     batch = make_batch(n=7, seed=3)
-    trainer = ToyTrainer(lr=0.1)
+    trainer = ToyRank(lr=0.1)
     theta0 = trainer.theta.detach().clone()
     metrics = sft_step(trainer, batch, micro_batch_size=2, global_tokens=batch.counts()["tokens"])
     loss, grad = by_hand(batch, theta0)
@@ -39,17 +39,17 @@ def test_one_step_equals_mean_cross_entropy_by_hand():
     assert len(trainer.grads) == 1 and metrics["tokens"] == batch.counts()["tokens"]
     assert metrics["forward_tokens"] == sum(len(t.token_ids) for t in batch.trajectories)
     # dev loss: same number without an update
-    assert sft_eval(ToyTrainer(), batch, 3)["loss"] == pytest.approx(loss, rel=1e-6)
+    assert sft_eval(ToyRank(), batch, 3)["loss"] == pytest.approx(loss, rel=1e-6)
     with pytest.raises(ValueError, match="action tokens"):
-        sft_step(ToyTrainer(), batch, 2, global_tokens=1)
+        sft_step(ToyRank(), batch, 2, global_tokens=1)
 
 
 def test_two_ranks_equal_one_rank():
     batch = make_batch(n=7, seed=4)
-    single = ToyTrainer(lr=0.5)
+    single = ToyRank(lr=0.5)
     one = [sft_step(single, batch, 3) for _ in range(2)]
     world = World(2)
-    ranks = [ToyTrainer(world, r, lr=0.5) for r in range(2)]
+    ranks = [ToyRank(world, r, lr=0.5) for r in range(2)]
     shards = batch.split(2)
     results = run_on_ranks(2, lambda r: sft_step(ranks[r], shards[r], 3, batch.counts()["tokens"]))
     for r in range(2):

@@ -139,6 +139,7 @@ def naive_inference(model, prompt, source, middle, target, reads) -> torch.Tenso
     return torch.tensor(out)
 
 
+@pytest.mark.slow
 def test_contiguous_positions_differ_from_inference(model, sentence):
     """Naive masked training (positions 0..L-1) puts every target token after the whole source;
     inference with plain positions puts it after the source read so far. The log-probs differ

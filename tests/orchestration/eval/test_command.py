@@ -127,6 +127,7 @@ def _omnisteval_scores(path: Path) -> dict[str, float]:
     return {ours: scores[theirs] for theirs, ours in names.items()}
 
 
+@pytest.mark.slow
 def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, ray_local, monkeypatch):
     from orchestration.eval import command as eval_cmd
 

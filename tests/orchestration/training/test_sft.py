@@ -30,6 +30,29 @@ def test_unknown_sft_key_names_the_dotted_key(tmp_path, capsys):
     assert "sft.epochs" in capsys.readouterr().err
 
 
+def test_train_keys_set_for_sft_are_refused_but_a_base_may_bring_them(tmp_path, capsys):
+    """sft ignores the train section: inherited from a base training config it is fine, written
+    into the SFT config or given on the command line it is an error naming every key."""
+    base = tmp_path / "train.yaml"
+    base.write_text("train:\n  steps: 5\nlearner:\n  kl_beta: 0.0\n")
+    ok = tmp_path / "sft.yaml"
+    ok.write_text("base: train.yaml\nsft:\n  epochs: 2\n")
+    assert load_config(ok, schema=SftRootConfig).sft.epochs == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: train.yaml\ntrain:\n  steps: 3\n  dev_size: 4\n")
+    assert launch.main(["sft", "--config", str(bad), "train.eval_every=2"]) == 2
+    err = capsys.readouterr().err
+    for key in ("train.steps", "train.dev_size", "train.eval_every"):
+        assert f"{key}: not used by this command" in err
+    assert err.count("\n") == 3 and str(bad) in err
+
+
+def test_sft_refuses_a_kl_term_and_defaults_to_none(tmp_path, capsys):
+    assert load_config(None, schema=SftRootConfig).learner.kl_beta == 0.0
+    assert launch.main(["sft", "learner.kl_beta=0.02"]) == 2
+    assert "learner.kl_beta=0.02: SFT has no KL term" in capsys.readouterr().err
+
+
 def test_shipped_sft_configs_load():
     root = Path(__file__).resolve().parents[3]
     for f in ("configs/sft/demo-deen.yaml", "configs/bench/sft-cpu.yaml"):
@@ -52,7 +75,7 @@ def test_sft_run_lowers_dev_loss_and_writes_a_model_train_accepts(tiny_model_dir
     run = tmp_path / "run"
     rc = launch.main(["sft", f"model.path={tiny_model_dir}", "model.dtype=float32", f"data.dir={data}",
                       f"run.dir={run}", "learner.dtype=float32", "learner.lr=0.05", "learner.torch_threads=1",
-                      "learner.num_cpus_per_rank=0", "ray.num_cpus=2", "train.tensorboard=false",
+                      "learner.num_cpus_per_rank=0", "ray.num_cpus=2", "sft.tensorboard=false",
                       "sft.epochs=3", "sft.batch_size=4", "sft.dev_size=4", "sft.min_source_units=4",
                       "sft.eval_rollouts=false", "rollout.episode.chunk_size=3"])
     assert rc == 0
