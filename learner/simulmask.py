@@ -4,7 +4,9 @@ A prefix-layout training sequence is four segments::
 
     [prompt P] [source S] [middle M] [target N]
 
-(middle = end of the user turn and the assistant header). A simultaneous policy writes
+(middle = end of the user turn and the assistant header). The layout itself is defined once,
+by the rollout's prefix-layout prompter (``rollout.prefix_layout.PrefixPrompter.segments``
+gives these four token segments); the learner only counts them here. A simultaneous policy writes
 target token i after reading ``reads[i]`` source tokens. Training on the whole sequence in
 one pass is policy-consistent only if every row sees what inference saw when it computed
 that row's keys and values:

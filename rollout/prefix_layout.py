@@ -98,9 +98,31 @@ class PrefixPrompter:
         return ids
 
     def prompt(self, source: Source, read: int, target_ids: Sequence[int]) -> list[int]:
-        unit = unit_of(source.src_lang)
-        prefix = chunk_source(source.text, unit, read)[0] if read > 0 else ""
-        return self.opening(source, prefix) + list(target_ids)
+        """The prompt with the first ``read`` source units and the translation ids so far."""
+        return self.opening(source, self.source_prefix(source, read)) + list(target_ids)
+
+    @staticmethod
+    def source_prefix(source: Source, read: int) -> str:
+        """The first ``read`` units of the source, as the prompt holds them."""
+        return chunk_source(source.text, unit_of(source.src_lang), read)[0] if read > 0 else ""
+
+    def segments(self, source: Source, target_ids: Sequence[int]) -> dict[str, list[int]]:
+        """The layout of the whole source as its four token segments, the ones the learner's
+        ``learner.simulmask.PrefixSegments`` counts: ``prompt`` (system turn, user header),
+        ``source``, ``middle`` (end of the user turn, assistant header) and ``target``.
+
+        Their concatenation is exactly ``prompt(source, |X|, target_ids)``; a tokenizer that
+        merges tokens across a segment boundary for this source raises ``ValueError``."""
+        system = system_prompt_for(self.system_template, source.src_lang, source.tgt_lang, "")
+        text = self.layout.opening(system, source.text)
+        cut = text.rfind(source.text)
+        parts = {"prompt": self.encode(text[:cut]), "source": self.encode(source.text),
+                 "middle": self.encode(text[cut + len(source.text):]), "target": list(target_ids)}
+        whole = self.opening(source, source.text)
+        if parts["prompt"] + parts["source"] + parts["middle"] != whole:
+            raise ValueError(f"source {source.index}: the tokenizer merges tokens across the source's "
+                             "boundaries in the prompt; its prefix layout has no clean segments")
+        return parts
 
 
 @dataclass

@@ -20,7 +20,7 @@ class EpisodeFactory:
     """Builds episodes of one model's chat template from the episode config."""
 
     def __init__(self, tokenizer: Any, cfg: EpisodeConfig):
-        self.cfg = cfg
+        self.cfg, self.tokenizer = cfg, tokenizer
         self.layout = ChatLayout.from_tokenizer(tokenizer)
         self.encode, self.decode, self.end_of_turn_id = hf_codec(tokenizer)
 

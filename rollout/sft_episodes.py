@@ -6,17 +6,19 @@ policy had written them: token ids and action masks are those a rollout with the
 would produce, so the SFT model is trained on exactly the layout it will act in.
 
 ``prefix_samples`` builds the other layout for comparison (``bench sft``): "prefix
-fine-tuning", one sample per write with the source read so far in the user turn and the
-translation so far as the assistant prefix.
+fine-tuning", one sample per write in the prefix layout exactly as prefix-layout inference
+prompts it (``rollout.prefix_layout.PrefixPrompter``: the source read so far in the user turn,
+the translation so far as the assistant prefix).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-from rollout.episode import Trajectory, system_prompt_for
+from rollout.episode import Trajectory
+from rollout.prefix_layout import PrefixPrompter
 from rollout.runner import EpisodeFactory
 from rollout.types import Source
-from rollout.units import Unit, chunk_source, count_units, num_steps, split_units, unit_of
+from rollout.units import Unit, count_units, num_steps, split_units, unit_of
 
 
 def emitted_lengths(source_length: int, target_length: int, chunk_size: int, lag_k: int) -> list[int]:
@@ -67,31 +69,28 @@ def sft_trajectories(factory: EpisodeFactory, sources: Sequence[Source], lag_k: 
     return [sft_trajectory(factory, s, lag_k) for s in sources]
 
 
-def prefix_samples(factory: EpisodeFactory, source: Source, lag_k: int) -> list[tuple[list[int], list[int]]]:
+def prefix_samples(factory: EpisodeFactory, source: Source, lag_k: int,
+                   prompter: PrefixPrompter | None = None) -> list[tuple[list[int], list[int]]]:
     """Prefix-layout samples of one pair, one per write: ``(token_ids, action_mask)``.
 
-    Sample t: [system] [user: source read after step t (+ end marker at the end)]
-    [assistant: translation so far | piece t], loss on piece t only (plus the end of turn
-    on the last write).
+    Sample t is ``prompter.prompt`` with the source read after step t and the translation so far,
+    then piece t; loss on piece t only (plus the end of turn on the last write).
     """
     if source.reference is None:
         raise ValueError(f"source {source.index} has no reference")
-    cfg, src_unit, tgt_unit = factory.cfg, unit_of(source.src_lang), unit_of(source.tgt_lang)
+    prompter = prompter or PrefixPrompter(factory.tokenizer)
+    src_unit, tgt_unit = unit_of(source.src_lang), unit_of(source.tgt_lang)
     chunk_size = factory.chunk_size(source.src_lang)
-    chunks = chunk_source(source.text, src_unit, chunk_size)
+    source_length = count_units(source.text, src_unit)
     pieces = reference_pieces(source.text, source.reference, src_unit, tgt_unit, chunk_size, lag_k)
-    system = system_prompt_for(cfg.system_prompt, source.src_lang, source.tgt_lang, cfg.end_marker)
-    glue = "" if src_unit == "char" else " "
     tglue = "" if tgt_unit == "char" else " "
     samples, written = [], ""
     for t, piece in enumerate(pieces, start=1):
         if not piece:
             continue
         last = t == len(pieces)
-        read = glue.join(chunks[:t]) + (f" {cfg.end_marker}" if last else "")
-        context = factory.encode(factory.layout.opening(system, read))
-        if written:
-            context += factory.encode(written)
+        context = prompter.prompt(source, min(t * chunk_size, source_length),
+                                  factory.encode(written) if written else [])
         action = factory.encode((tglue if written else "") + piece) + ([factory.end_of_turn_id] if last else [])
         samples.append((context + action, [0] * len(context) + [1] * len(action)))
         written += (tglue if written else "") + piece

@@ -7,9 +7,10 @@ import torch
 
 from learner.simulmask import (PrefixSegments, collate_prefix, expost_positions, masked_logprobs, simulmask,
                                wait_k_reads)
-from rollout.episode import ChatLayout, hf_codec
+from rollout.episode import hf_codec
+from rollout.prefix_layout import PrefixPrompter
+from rollout.types import Source
 
-SYSTEM = "Translate German into English."
 SOURCE = "Der Zug nach Berlin hat heute zwanzig Minuten Verspätung."
 TARGET = "The train to Berlin is twenty minutes late today."
 
@@ -57,12 +58,11 @@ def model(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def sentence(tiny_tokenizer):
-    layout = ChatLayout.from_tokenizer(tiny_tokenizer)
-    encode, _, eot = hf_codec(tiny_tokenizer)
-    prompt = encode(layout.system_open + SYSTEM + layout.system_close + layout.user_open)
-    source, middle = encode(SOURCE), encode(layout.user_close)
-    target = encode(TARGET) + [eot]
-    return prompt, source, middle, target
+    """The segments of the prefix layout as inference prompts it (rollout.prefix_layout)."""
+    prompter = PrefixPrompter(tiny_tokenizer)
+    target = prompter.encode(TARGET) + [hf_codec(tiny_tokenizer)[2]]   # the end-of-turn id closes it
+    parts = prompter.segments(Source(0, SOURCE, "de", "en"), target)
+    return parts["prompt"], parts["source"], parts["middle"], parts["target"]
 
 
 def incremental(model, prompt, source, middle, target, reads, slots) -> torch.Tensor:

@@ -77,3 +77,29 @@ def test_prefix_samples_one_per_write(factory):
     assert written == [p for p in pieces if p]
     assert samples[-1][0][-1] == factory.end_of_turn_id and samples[0][0][-1] != factory.end_of_turn_id
     assert all(len(a[0]) < len(b[0]) for a, b in zip(samples, samples[1:]))
+
+
+def test_prefix_samples_are_the_prompts_of_prefix_layout_inference(factory, tiny_tokenizer):
+    """Prefix fine-tuning trains on exactly what prefix-layout inference prompts."""
+    from rollout.prefix_layout import PrefixPrompter
+
+    prompter, source = PrefixPrompter(tiny_tokenizer), Source(0, SRC, "de", "en", REF)
+    pieces = [p for p in reference_pieces(SRC, REF, "word", "word", 3, 3)]
+    samples = prefix_samples(factory, source, lag_k=3, prompter=prompter)
+    written, t_samples = "", [t for t, p in enumerate(pieces, start=1) if p]
+    for (ids, mask), t in zip(samples, t_samples):
+        context = ids[:mask.index(1)]
+        assert context == prompter.prompt(source, min(3 * t, len(SRC.split())),
+                                          factory.encode(written) if written else [])
+        written = (written + " " if written else "") + pieces[t - 1]
+
+
+def test_prefix_segments_rebuild_the_whole_prompt(tiny_tokenizer):
+    from rollout.prefix_layout import PrefixPrompter
+
+    prompter, source = PrefixPrompter(tiny_tokenizer), Source(0, SRC, "de", "en", REF)
+    target = prompter.encode(REF)
+    parts = prompter.segments(source, target)
+    assert parts["prompt"] + parts["source"] + parts["middle"] + parts["target"] == \
+        prompter.prompt(source, len(SRC.split()), target)
+    assert prompter.decode(parts["source"]) == SRC and parts["target"] == target
