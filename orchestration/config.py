@@ -58,7 +58,7 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The policy model: a local directory or a hub id."""
 
-    path: str = Field("models/qwen2.5-0.5b-instruct", min_length=1, max_length=1000,
+    path: str = Field("models/qwen2.5-coder-0.5b-instruct", min_length=1, max_length=1000,
                       description="HF model id or local directory (relative to the repository)")
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
         "auto", description="weights and compute dtype; auto = bfloat16 on GPUs and bf16-capable CPUs, else float32")

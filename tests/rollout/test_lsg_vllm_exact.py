@@ -15,7 +15,7 @@ from rollout.prefix_layout import PrefixPrompter, full_vocabulary_array, run_pre
 from rollout.types import Source
 from rollout.simul_policies import LSGPolicy
 
-DEMO = Path(__file__).resolve().parents[2] / "models" / "qwen2.5-0.5b-instruct"
+DEMO = Path(__file__).resolve().parents[2] / "models" / "qwen2.5-coder-0.5b-instruct"
 SOURCES = [
     Source(0, "Die Regierung hat am Montag neue Regeln für den Verkehr angekündigt.", "de", "en"),
     Source(1, "Der Zug nach Berlin hat heute zwanzig Minuten Verspätung.", "de", "en"),
