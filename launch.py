@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after step N")
     p.set_defaults(handler="orchestration.training.loop:main")
 
+    p = sub.add_parser("sweep", help="a grid of training runs (e.g. reward ablations), resumable run by run, "
+                                     "with one table and one quality-latency plot")
+    p.add_argument("--config", required=True, metavar="FILE", help="sweep YAML (see configs/sweeps/)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/sweeps/<file name>)")
+    p.set_defaults(handler="orchestration.training.sweep:main")
+
     p = sub.add_parser("sft", help="SFT warm start on interleaved episodes built from parallel pairs")
     _config_args(p)
     p.set_defaults(handler="orchestration.training.sft:main")

@@ -31,6 +31,7 @@ COMMANDS = {
     "eval/newstest2015-deen-cpu.yaml": "eval",
     "eval/lsg-paper-levels.yaml": "eval",
     "eval/checkpoints.yaml": "eval",
+    "sweeps/reward-ablation-cpu.yaml": "sweep",
 }
 
 
@@ -43,6 +44,12 @@ def test_every_shipped_config_is_listed():
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_shipped_config_validates(name):
     path, command = CONFIGS / name, COMMANDS[name]
+    if command == "sweep":
+        from orchestration.training.sweep import check_all, expand, load_sweep
+
+        sweep, base = load_sweep(path)
+        check_all(sweep, base, expand(sweep), REPO / "runs" / "sweeps" / path.stem)   # every run validates
+        return
     if command == "eval":
         cfg = load_eval_config(str(path))
         settings = expand_settings(cfg.eval)

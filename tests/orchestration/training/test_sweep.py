@@ -1,0 +1,79 @@
+"""launch.py sweep: expanding a grid, validating every run first, and (slow) a sweep of two
+tiny-model runs that is stopped after the first and continued by running it again."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import launch
+from orchestration.config_loader import ConfigError
+from orchestration.training import sweep
+from orchestration.training.sweep import SweepConfig, SweepRun, expand
+from tests.tiny_data import build_tiny_data
+
+
+def test_the_grid_expands_to_every_combination_then_the_named_runs():
+    cfg = SweepConfig(train_config="x.yaml", grid={"reward.lam": [0.5, 2], "reward.truncate": ["raw", "none"]},
+                      runs=[SweepRun(name="quality-only", set={"reward.mode": "quality_only"})])
+    runs = expand(cfg)
+    assert [r.name for r in runs] == ["lam-0.5_truncate-raw", "lam-0.5_truncate-none", "lam-2_truncate-raw",
+                                      "lam-2_truncate-none", "quality-only"]
+    assert runs[1].set == {"reward.lam": 0.5, "reward.truncate": "none"}
+    with pytest.raises(ConfigError, match="share a name: a"):
+        expand(SweepConfig(train_config="x.yaml", runs=[SweepRun(name="a"), SweepRun(name="a")]))
+    with pytest.raises(ConfigError, match="no runs"):
+        expand(SweepConfig(train_config="x.yaml"))
+
+
+def test_every_run_is_validated_before_any_starts(tmp_path, capsys):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("train_config: " + str(launch.__file__).replace("launch.py", "configs/default.yaml") + "\n"
+                   "grid: {reward.lam: [1.0, 1000]}\nruns: [{name: typo, set: {train.stepz: 2}}]\n")
+    assert launch.main(["sweep", "--config", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "run lam-1000:" in err and "reward.lam" in err
+    assert "run typo:" in err and "train.stepz: unknown key (did you mean train.steps?)" in err
+    assert not (tmp_path / "out").exists()   # nothing written
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_continues_where_it_stopped(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from tests.orchestration.training.test_loop import _tiny_run
+
+    data = build_tiny_data(tmp_path / "data", n=8)
+    shared = dict(o.split("=", 1) for o in _tiny_run(tiny_model_dir, data, tmp_path / "unused")
+                  if not o.startswith("run.dir="))
+    shared.update({"train.steps": "1", "train.sources_per_step": "2", "rollout.sampling.group_size": "2"})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(json.dumps({
+        "train_config": str(launch.__file__).replace("launch.py", "configs/default.yaml"),
+        "overrides": shared, "grid": {"reward.lam": [1.0, 4.0]}}))
+    out = tmp_path / "out"
+
+    real_train = sweep.train_one
+    calls: list[str] = []
+
+    def stop_after_first(base, overrides, run_dir):
+        if calls:
+            return 1                               # the second run "fails": the sweep stops
+        calls.append(run_dir.name)
+        return real_train(base, overrides, run_dir)
+
+    monkeypatch.setattr(sweep, "train_one", stop_after_first)
+    assert launch.main(["sweep", "--config", str(config), "--out", str(out)]) == 1
+    first = out / "lam-1.0" / "summary.json"
+    first_bytes = first.read_bytes()
+    assert not (out / "lam-4.0" / "summary.json").exists()
+    assert [r["run"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == ["lam-1.0"]
+
+    monkeypatch.setattr(sweep, "train_one", lambda *a: calls.append(a[2].name) or real_train(*a))
+    assert launch.main(["sweep", "--config", str(config), "--out", str(out)]) == 0
+    assert calls == ["lam-1.0", "lam-4.0"]           # the finished run was not trained again
+    assert first.read_bytes() == first_bytes
+    rows = json.loads((out / "sweep.json").read_text())["runs"]
+    assert [r["run"] for r in rows] == ["lam-1.0", "lam-4.0"]
+    assert all(isinstance(r["reward_after"], float) for r in rows)
+    cfg4 = (out / "lam-4.0" / "config.yaml").read_text()
+    assert "lam: 4.0" in cfg4
+    assert (out / "sweep.png").stat().st_size > 0 and "| lam-4.0 |" in (out / "sweep.md").read_text()
