@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from orchestration.config import RootConfig
@@ -100,9 +100,12 @@ class DevResult:
     empty: int
     sentences: int
     scorer: str
+    wait_share: float = 0.0
+    length_ratio: float = float("nan")
+    instances: list = field(default_factory=list, repr=False)   # per sentence: dev/<tag>/instances.jsonl
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "instances"}
 
 
 def evaluate_dev(pool, reward_client, dev: Dataset, cfg: RootConfig) -> DevResult:
@@ -111,7 +114,6 @@ def evaluate_dev(pool, reward_client, dev: Dataset, cfg: RootConfig) -> DevResul
     The dev reward is λ·q − l'/|X| per sentence (q on a 0-1 scale: chrF and BLEU divided by 100;
     l' = max(AL, chunk size), divided by the source length so long sentences do not dominate).
     """
-    from reward.latency import laal
     from reward.types import QualityItem, unit_of_language
     from rollout.runner import Sampling
 
@@ -121,23 +123,15 @@ def evaluate_dev(pool, reward_client, dev: Dataset, cfg: RootConfig) -> DevResul
     q = reward_client.quality([QualityItem(source=s.text, hypothesis=t["hypothesis"], reference=s.reference or "",
                                            unit=unit) for s, t in zip(sources, trajs)])
     scale = 1.0 if q.scorer.name == "comet" else 100.0
-    from reward.latency import al
-    from reward.text_metrics import reference_length
+    from orchestration.dev_instances import sentence_records
 
-    als, laals, rewards, empty = [], [], [], 0
-    for s, t, qs in zip(sources, trajs, q.scores):
-        if not t["delays"]:
-            empty += 1
-            rewards.append(cfg.reward.lam * qs / scale - 1.0)
-            continue
-        ref_len = reference_length(s.reference, unit) if s.reference else None
-        a = al(t["delays"], t["source_length"], ref_len)
-        als.append(a)
-        laals.append(laal(t["delays"], t["source_length"], ref_len))
-        trunc = max(a, t["meta"]["chunk_size"])
-        rewards.append(cfg.reward.lam * qs / scale - trunc / t["source_length"])
-    return DevResult(quality=_mean(q.scores), AL=_mean(als), LAAL=_mean(laals), reward=_mean(rewards),
-                     empty=empty, sentences=len(sources), scorer=q.scorer.name)
+    rows = sentence_records(sources, trajs, q.scores, scale, cfg.reward.lam, unit)
+    lat = [r for r in rows if not r["empty"]]
+    return DevResult(quality=_mean(q.scores), AL=_mean([r["AL"] for r in lat]),
+                     LAAL=_mean([r["LAAL"] for r in lat]), reward=_mean([r["reward"] for r in rows]),
+                     empty=len(rows) - len(lat), sentences=len(sources), scorer=q.scorer.name,
+                     wait_share=_mean([r["wait_share"] for r in rows]),
+                     length_ratio=_mean([r["length_ratio"] for r in rows]), instances=rows)
 
 
 SFT_MODEL_DIR = "model"   # where `launch.py sft` writes its policy as a plain HF directory
