@@ -3,11 +3,11 @@ reward service's quality scorer, with SimulEval latency and the dev reward (``re
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestration.data import Dataset
-from orchestration.training.trajectories import mean_finite, to_sources, wait_share
+from orchestration.training.trajectories import mean_finite, to_sources
 
 
 @dataclass
@@ -22,17 +22,18 @@ class DevResult:
     sentences: int
     scorer: str
     wait_share: float = 0.0
+    length_ratio: float = float("nan")
+    instances: list = field(default_factory=list, repr=False)   # per sentence: dev/<tag>/instances.jsonl
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "instances"}
 
 
 def evaluate_dev(pool, reward_client, dev: Dataset, lam: float) -> DevResult:
-    """Greedy rollouts (B=1) on the dev pairs; the per-sentence dev reward is
-    ``reward.dev_reward.dev_reward`` with λ = ``lam``."""
-    from reward.dev_reward import dev_reward
-    from reward.latency import al, laal
-    from reward.text_metrics import reference_length
+    """Greedy rollouts (B=1) on the dev pairs; per sentence (``orchestration.dev_instances``)
+    quality, latency, waits, length ratio and the dev reward (``reward.dev_reward``, λ = ``lam``);
+    the means over sentences, with ``wait_share`` the mean of the sentences' shares."""
+    from orchestration.dev_instances import sentence_records
     from reward.types import QualityItem
     from rollout.types import Sampling
     from rollout.units import unit_of
@@ -42,16 +43,10 @@ def evaluate_dev(pool, reward_client, dev: Dataset, lam: float) -> DevResult:
     unit = unit_of(dev.tgt_lang)
     q = reward_client.quality([QualityItem(source=s.text, hypothesis=t["hypothesis"], reference=s.reference or "",
                                            unit=unit) for s, t in zip(sources, trajs)])
-    als, laals, rewards = [], [], []
-    for s, t, qs in zip(sources, trajs, q.scores):
-        a = None
-        if t["delays"]:
-            ref_len = reference_length(s.reference, unit) if s.reference else None
-            a = al(t["delays"], t["source_length"], ref_len)
-            als.append(a)
-            laals.append(laal(t["delays"], t["source_length"], ref_len))
-        rewards.append(dev_reward(qs, a, source_length=t["source_length"], chunk_size=t["meta"]["chunk_size"],
-                                  lam=lam, quality_scale=q.scorer.scale))
-    return DevResult(quality=mean_finite(q.scores), AL=mean_finite(als), LAAL=mean_finite(laals),
-                     reward=mean_finite(rewards), empty=sum(not t["delays"] for t in trajs),
-                     sentences=len(sources), scorer=q.scorer.name, wait_share=wait_share(trajs))
+    rows = sentence_records(sources, trajs, q.scores, q.scorer.scale, lam, unit)
+    lat = [r for r in rows if not r["empty"]]
+    return DevResult(quality=mean_finite(q.scores), AL=mean_finite([r["AL"] for r in lat]),
+                     LAAL=mean_finite([r["LAAL"] for r in lat]), reward=mean_finite([r["reward"] for r in rows]),
+                     empty=len(rows) - len(lat), sentences=len(sources), scorer=q.scorer.name,
+                     wait_share=mean_finite([r["wait_share"] for r in rows]),
+                     length_ratio=mean_finite([r["length_ratio"] for r in rows]), instances=rows)

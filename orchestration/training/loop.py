@@ -18,6 +18,7 @@ from orchestration.config import RootConfig
 from orchestration.config_loader import REPO_ROOT, load_config, resolve_run_dir, write_resolved_config
 from orchestration.training.cursor import DataCursor
 from orchestration.data import Dataset, load_pairs, source_units
+from orchestration.dev_instances import compare_dev, write_instances
 from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog, plot_curves
 from orchestration.training.overlap import RolloutAhead, depth_of
@@ -297,6 +298,7 @@ class TrainingRun:
     def evaluate(self, tag: str) -> DevResult:
         with self.ahead.exclusive():   # no rollout ahead runs on the pool meanwhile
             res = evaluate_dev(self.rollout, self.reward, self.dev_set, self.cfg.reward.lam)
+        write_instances(self.run_dir, tag, res.instances)   # per sentence, for the paired intervals
         self.history[tag] = res.as_dict()
         return res
 
@@ -369,6 +371,13 @@ class TrainingRun:
         close_all([steps[name] for name in started], getattr(self, "_started_ray", False))
 
 
+def paired_table(paired: dict) -> str:
+    from orchestration.dev_instances import PAIRED_METRICS
+    from orchestration.paired_ci import format_table
+
+    return format_table(paired, PAIRED_METRICS)
+
+
 def summary_table(history: dict[str, Any]) -> str:
     rows = [("dev reward", "reward"), ("quality", "quality"), ("AL", "AL"), ("LAAL", "LAAL")]
     before, after = history.get("before", {}), history.get("after", {})
@@ -408,9 +417,13 @@ def main(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     png = plot_curves(trainer.log.rows(), run_dir / "curves.png")
+    paired = compare_dev(run_dir, seed=cfg.run.seed)   # dev/before and dev/after instances, paired by sentence
     write_json_atomic(run_dir / "summary.json", {"history": history, "steps": trainer.step,
-                                                 "startup_s": getattr(trainer, "startup_s", None)})
-    if "after" in history:
+                                                 "startup_s": getattr(trainer, "startup_s", None),
+                                                 "paired": {k: v.as_dict() for k, v in (paired or {}).items()}})
+    if paired is not None:
+        print(paired_table(paired))
+    elif "after" in history:
         print(summary_table(history))
     print(f"curves: {png}\nmetrics: {run_dir / 'metrics.jsonl'}")
     return 0

@@ -14,7 +14,9 @@ Every run's config is validated before the first one starts (all problems at onc
 Run i lives in ``OUT/<name>``: a run with a ``summary.json`` is done and skipped, one with a
 checkpoint is resumed (``train --resume``), any other starts afresh; so a killed sweep is
 continued by running the same command again. At the end (and after every run) ``OUT`` gets
-``sweep.json`` and ``sweep.md`` (one row per finished run: its dev metrics before and after)
+``sweep.json`` and ``sweep.md`` (one row per finished run: its dev metrics before and after,
+each change with its paired bootstrap 95% interval from the run's ``summary.json``, ``*`` where
+it excludes 0)
 and ``sweep.png`` (the runs on the quality-latency plane).
 """
 from __future__ import annotations
@@ -133,11 +135,15 @@ def table(out: Path, runs: list[SweepRun]) -> list[dict[str, Any]]:
         summary = out / run.name / "summary.json"
         if not summary.is_file():
             continue
-        history = json.loads(summary.read_text())["history"]
+        data = json.loads(summary.read_text())
+        history, paired = data["history"], data.get("paired", {})
         before, after = history.get("before", {}), history.get("after", {})
         row: dict[str, Any] = {"run": run.name, "set": run.set}
         for key in TABLE_KEYS:
             row[f"{key}_before"], row[f"{key}_after"] = before.get(key), after.get(key)
+            ci = paired.get(key)     # the paired bootstrap interval of after - before (train's summary)
+            row[f"{key}_diff"] = ci["diff"] if ci else None
+            row[f"{key}_ci"] = [ci["low"], ci["high"]] if ci else None
         rows.append(row)
     return rows
 
@@ -148,10 +154,18 @@ def _fmt(v: Any) -> str:
 
 def write_report(out: Path, rows: list[dict[str, Any]]) -> None:
     write_json_atomic(out / "sweep.json", {"runs": rows})
-    head = "| run | " + " | ".join(f"{k} before → after" for k in TABLE_KEYS) + " |"
+    head = "| run | " + " | ".join(f"{k}: before → after (Δ, 95% CI)" for k in TABLE_KEYS) + " |"
     lines = [head, "|" + "---|" * (len(TABLE_KEYS) + 1)]
+
+    def cell(r: dict[str, Any], k: str) -> str:
+        text = f"{_fmt(r[f'{k}_before'])} → {_fmt(r[f'{k}_after'])}"
+        if r[f"{k}_ci"] is not None:
+            lo, hi = r[f"{k}_ci"]
+            text += f" ({r[f'{k}_diff']:+.3f}, [{lo:+.3f}, {hi:+.3f}]{'*' if lo > 0 or hi < 0 else ''})"
+        return text
+
     for r in rows:
-        cells = [f"{_fmt(r[f'{k}_before'])} → {_fmt(r[f'{k}_after'])}" for k in TABLE_KEYS]
+        cells = [cell(r, k) for k in TABLE_KEYS]
         lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
     tmp = out / "sweep.md.tmp"
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -18,6 +18,7 @@ import torch
 import launch
 from orchestration.checkpoint import latest_checkpoint
 from orchestration.config_loader import load_config
+from orchestration.dev_instances import PAIRED_METRICS, compare_dev, read_instances
 from orchestration.training.cursor import DataCursor
 from orchestration.metrics_log import CURVES
 from tests.tiny_data import build_tiny_data
@@ -171,3 +172,21 @@ def test_latency_only_reward_teaches_the_tiny_model_to_wait_less(tiny_model_dir,
     assert mean("rollout/wait_share", last) < mean("rollout/wait_share", first) - 0.3
     # latency with empty hypotheses counted at their worst (as the reward counts them)
     assert mean("reward/latency_truncated_mean", last) < mean("reward/latency_truncated_mean", first) - 1.0
+
+    # every dev evaluation wrote its sentences as instances; the table's intervals come from them
+    summary = json.loads((run / "summary.json").read_text())
+    for tag in ("before", "after"):
+        rows_ = read_instances(run / "dev" / tag / "instances.jsonl")
+        assert [r["index"] for r in rows_] == [0, 1]                  # train.dev_size=2
+        for r in rows_:
+            assert {"source_length", "delays", "prediction", "reference", "quality", "AL", "LAAL",
+                    "wait_share", "length_ratio", "reward"} <= set(r)
+            assert len(r["delays"]) == len(r["prediction"].split()) and r["source_length"] > 0
+        hist = summary["history"][tag]
+        assert sum(r["reward"] for r in rows_) / 2 == pytest.approx(hist["reward"])
+        assert sum(r["quality"] for r in rows_) / 2 == pytest.approx(hist["quality"])
+    paired = compare_dev(run)
+    assert set(summary["paired"]) == set(PAIRED_METRICS)
+    for key, ci in paired.items():
+        assert summary["paired"][key]["diff"] == pytest.approx(ci.diff, nan_ok=True)
+        assert summary["paired"][key]["before"] == pytest.approx(ci.before, nan_ok=True)

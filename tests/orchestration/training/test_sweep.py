@@ -73,7 +73,7 @@ def test_a_stopped_sweep_continues_where_it_stopped(tiny_model_dir, tmp_path, mo
     assert first.read_bytes() == first_bytes
     rows = json.loads((out / "sweep.json").read_text())["runs"]
     assert [r["run"] for r in rows] == ["lam-1.0", "lam-4.0"]
-    assert all(isinstance(r["reward_after"], float) for r in rows)
+    assert all(isinstance(r["reward_after"], float) and len(r["reward_ci"]) == 2 for r in rows)
     cfg4 = (out / "lam-4.0" / "config.yaml").read_text()
     assert "lam: 4.0" in cfg4
     assert (out / "sweep.png").stat().st_size > 0 and "| lam-4.0 |" in (out / "sweep.md").read_text()
