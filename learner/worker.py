@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,24 @@ from learner.step import StepSettings, grpo_step
 REPO = Path(__file__).resolve().parents[1]
 EXTENSIONS_DIR = REPO / ".cache" / "torch_extensions"
 CHECKPOINT_TAG = "learner"
+# DeepSpeed JIT-builds a small op on a rank's first start, under torch's file lock, and a rank
+# waits for that lock with no timeout. A build killed midway (out of memory, SIGKILL) leaves the
+# lock behind, and every later rank would wait forever. A build takes about two minutes here,
+# so a lock older than this is a dead build's.
+STALE_BUILD_LOCK_S = 900.0
+
+
+def clear_stale_build_locks(root: Path, max_age_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """Remove the build locks under ``root`` (``<op>/lock``) older than ``max_age_s``."""
+    removed = []
+    for lock in Path(root).glob("*/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+        except FileNotFoundError:   # another rank removed it, or its build just finished
+            pass
+    return removed
 
 
 def rank_threads(cfg: LearnerConfig) -> int:
@@ -88,6 +107,7 @@ class Learner:
                           # Ray gives each GPU actor its own device as cuda:0
                           LOCAL_RANK="0")
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_DIR))
+        clear_stale_build_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
         if self.cfg.cpu_cores is not None:   # e.g. learner and rollout on disjoint cores (bench train)
             os.sched_setaffinity(0, parse_cores(self.cfg.cpu_cores))
         torch.set_num_threads(rank_threads(self.cfg))

@@ -161,3 +161,20 @@ def test_checkpoint_round_trip_repeats_the_next_step(runs):
         assert again[key] == pytest.approx(first[key], rel=1e-6, abs=1e-9), key
     for name, value in runs["w_one"].items():
         assert torch.allclose(runs["w_resumed"][name], value, atol=1e-7), name
+
+
+def test_a_dead_builds_lock_is_cleared_and_a_live_one_kept(tmp_path):
+    """A JIT build killed midway leaves torch's lock file; a rank must not wait on it forever."""
+    import os
+    import time
+
+    from learner.worker import STALE_BUILD_LOCK_S, clear_stale_build_locks
+
+    dead, live = tmp_path / "op_a" / "lock", tmp_path / "op_b" / "lock"
+    for lock in (dead, live):
+        lock.parent.mkdir()
+        lock.touch()
+    old = time.time() - STALE_BUILD_LOCK_S - 60
+    os.utime(dead, (old, old))
+    assert clear_stale_build_locks(tmp_path) == [dead]
+    assert not dead.exists() and live.exists()
