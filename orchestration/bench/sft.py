@@ -106,7 +106,7 @@ def run_bench(cfg: SftRootConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from orchestration.training.loop import check_model
+    from orchestration.training.learners import check_model
 
     cfg = load_config(args.config, args.overrides, schema=SftRootConfig)
     check_model(cfg)

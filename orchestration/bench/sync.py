@@ -157,7 +157,7 @@ def run_bench(cfg: RootConfig, out_dir: Path, repeats: int) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from orchestration.training.loop import check_model
+    from orchestration.training.learners import check_model
 
     cfg = load_config(args.config, args.overrides)
     check_model(cfg)

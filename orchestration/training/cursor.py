@@ -1,4 +1,4 @@
-"""A resumable, seeded walk over the training pairs.
+"""The training pairs (``load_training_data``) and a resumable, seeded walk over them.
 
 Each epoch visits every pair once in an order fixed by (seed, epoch); the cursor's state is
 two integers, so a resumed run draws exactly the batches the uninterrupted run would have.
@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+
+from orchestration.data import load_pairs, source_units
+from orchestration.errors import UserInputError
 
 
 @dataclass
@@ -46,3 +49,15 @@ class DataCursor:
     @classmethod
     def from_state(cls, state: dict[str, int]) -> "DataCursor":
         return cls(**state)
+
+
+def load_training_data(cfg) -> tuple:
+    """Training pairs (filtered by length) and the dev pairs, validated before anything starts."""
+    train = load_pairs(cfg.data.train, cfg.data, seed=cfg.run.seed, purpose="train", limit=cfg.data.limit)
+    keep = [p for p in train.pairs
+            if cfg.train.min_source_units <= source_units(p.source, train.src_lang) <= cfg.train.max_source_units]
+    if not keep:
+        raise UserInputError(f"train.min_source_units/max_source_units: no pair of {cfg.data.train} has "
+                             f"{cfg.train.min_source_units}-{cfg.train.max_source_units} source units")
+    dev = load_pairs(cfg.data.dev, cfg.data, seed=cfg.run.seed, purpose="dev", limit=cfg.train.dev_size)
+    return train, keep, dev

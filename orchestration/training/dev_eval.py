@@ -30,10 +30,10 @@ class DevResult:
 
 
 def evaluate_dev(pool, reward_client, dev: Dataset, lam: float) -> DevResult:
-    """Greedy rollouts (B=1) on the dev pairs; per sentence (``orchestration.dev_instances``)
+    """Greedy rollouts (B=1) on the dev pairs; per sentence (``orchestration.training.dev_instances``)
     quality, latency, waits, length ratio and the dev reward (``reward.dev_reward``, λ = ``lam``);
     the means over sentences, with ``wait_share`` the mean of the sentences' shares."""
-    from orchestration.dev_instances import sentence_records
+    from orchestration.training.dev_instances import sentence_records
     from reward.types import QualityItem
     from rollout.types import Sampling
     from rollout.units import unit_of

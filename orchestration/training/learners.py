@@ -30,6 +30,25 @@ def policy_path(cfg: RootConfig) -> str:
     return str(local) if local.exists() else cfg.model.path
 
 
+def check_model(cfg: RootConfig) -> None:
+    """A local model path must be a HF model directory; anything else is taken as a hub id."""
+    from pathlib import Path
+
+    from orchestration.config_loader import REPO_ROOT
+    from orchestration.errors import UserInputError
+
+    path = Path(cfg.model.path)
+    local = path if path.is_absolute() else REPO_ROOT / path
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise UserInputError(f"model.path={cfg.model.path}: {local} has no config.json; "
+                                 "point it at a Hugging Face model directory")
+    elif path.is_absolute() or cfg.model.path.startswith((".", "models/")):
+        raise UserInputError(f"model.path={cfg.model.path}: {local} does not exist; `make setup` prepares the "
+                             "CPU demo model there, or pass a Hugging Face id or another directory")
+    policy_path(cfg)   # model.init_from must name a finished SFT run
+
+
 def build_learners(cfg: RootConfig, reserved=None, plan=None) -> list:
     """One LearnerWorker per data-parallel rank, each in its slot of the placement plan
     (``orchestration.placement``); without one, the learner part of the config's plan is reserved."""

@@ -15,44 +15,20 @@ from typing import Any
 from orchestration.checkpoint import (CheckpointWriteError, check_writable, latest_checkpoint, read_driver_state,
                                       write_checkpoint)
 from orchestration.config import RootConfig
-from orchestration.config_loader import REPO_ROOT, load_config, resolve_run_dir, write_resolved_config
+from orchestration.config_loader import load_config, resolve_run_dir, write_resolved_config
 from orchestration.training.cursor import DataCursor
-from orchestration.data import Dataset, load_pairs, source_units
-from orchestration.dev_instances import compare_dev, write_instances
+from orchestration.training.dev_instances import compare_dev, write_instances
 from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog, plot_curves
 from orchestration.training.overlap import RolloutAhead, depth_of
 from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.training.dev_eval import DevResult, evaluate_dev
-from orchestration.training.learners import build_learners, policy_path, seed_torch, sync_names, wait_ranks
+from orchestration.training.cursor import load_training_data
+from orchestration.training.dev_instances import paired_table, summary_table
+from orchestration.training.learners import (build_learners, check_model, policy_path, seed_torch, sync_names,
+                                             wait_ranks)
 from orchestration.training.trajectories import group_metrics, learner_batch, reward_groups, save_rollouts, to_sources
 from orchestration.training.learners import RunStopped, resume_hint
-
-
-def load_training_data(cfg: RootConfig) -> tuple[Dataset, list, Dataset]:
-    """Training pairs (filtered by length) and the dev pairs, validated before anything starts."""
-    train = load_pairs(cfg.data.train, cfg.data, seed=cfg.run.seed, purpose="train", limit=cfg.data.limit)
-    keep = [p for p in train.pairs
-            if cfg.train.min_source_units <= source_units(p.source, train.src_lang) <= cfg.train.max_source_units]
-    if not keep:
-        raise UserInputError(f"train.min_source_units/max_source_units: no pair of {cfg.data.train} has "
-                             f"{cfg.train.min_source_units}-{cfg.train.max_source_units} source units")
-    dev = load_pairs(cfg.data.dev, cfg.data, seed=cfg.run.seed, purpose="dev", limit=cfg.train.dev_size)
-    return train, keep, dev
-
-
-def check_model(cfg: RootConfig) -> None:
-    """A local model path must be a HF model directory; anything else is taken as a hub id."""
-    path = Path(cfg.model.path)
-    local = path if path.is_absolute() else REPO_ROOT / path
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise UserInputError(f"model.path={cfg.model.path}: {local} has no config.json; "
-                                 "point it at a Hugging Face model directory")
-    elif path.is_absolute() or cfg.model.path.startswith((".", "models/")):
-        raise UserInputError(f"model.path={cfg.model.path}: {local} does not exist; `make setup` prepares the "
-                             "CPU demo model there, or pass a Hugging Face id or another directory")
-    policy_path(cfg)   # model.init_from must name a finished SFT run
 
 
 class TrainingRun:
@@ -369,23 +345,6 @@ class TrainingRun:
                  "reward": lambda: self.reward.close(), "learners": close_learners,
                  "placement": lambda: self.placement.remove()}
         close_all([steps[name] for name in started], getattr(self, "_started_ray", False))
-
-
-def paired_table(paired: dict) -> str:
-    from orchestration.dev_instances import PAIRED_METRICS
-    from orchestration.paired_ci import format_table
-
-    return format_table(paired, PAIRED_METRICS)
-
-
-def summary_table(history: dict[str, Any]) -> str:
-    rows = [("dev reward", "reward"), ("quality", "quality"), ("AL", "AL"), ("LAAL", "LAAL")]
-    before, after = history.get("before", {}), history.get("after", {})
-    lines = [f"{'':12} {'before':>10} {'after':>10}"]
-    for label, key in rows:
-        b, a = before.get(key), after.get(key)
-        lines.append(f"{label:12} {b if b is None else f'{b:10.3f}':>10} {a if a is None else f'{a:10.3f}':>10}")
-    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -239,7 +239,7 @@ class SftRun:
 
 
 def main(args: argparse.Namespace) -> int:
-    from orchestration.training.loop import check_model
+    from orchestration.training.learners import check_model
 
     cfg = load_config(args.config, args.overrides, schema=SftRootConfig)
     check_model(cfg)

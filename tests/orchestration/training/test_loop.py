@@ -18,7 +18,7 @@ import torch
 import launch
 from orchestration.checkpoint import latest_checkpoint
 from orchestration.config_loader import load_config
-from orchestration.dev_instances import PAIRED_METRICS, compare_dev, read_instances
+from orchestration.training.dev_instances import PAIRED_METRICS, compare_dev, read_instances
 from orchestration.training.cursor import DataCursor
 from orchestration.metrics_log import CURVES
 from tests.tiny_data import build_tiny_data

@@ -5,7 +5,7 @@ before/after comparison over them.
 SimulEval's ``index``, ``source_length``, ``delays``, ``prediction``, ``reference`` plus that
 sentence's ``quality``, ``AL``, ``LAAL`` (None for an empty hypothesis), ``wait_share`` (share of
 the non-final turns left empty), ``length_ratio`` (hypothesis/reference units) and the dev
-``reward``, so anyone can recompute the intervals (``orchestration.paired_ci``).
+``reward``, so anyone can recompute the intervals (``orchestration.eval.paired_ci``).
 """
 from __future__ import annotations
 
@@ -65,9 +65,25 @@ def read_instances(path: Path) -> list[dict[str, Any]]:
 
 def compare_dev(run_dir: Path, before: str = "before", after: str = "after", seed: int = 0):
     """The paired report of two dev evaluations of a run, or None when either is missing."""
-    from orchestration.paired_ci import paired_report
+    from orchestration.eval.paired_ci import paired_report
 
     paths = [Path(run_dir) / "dev" / tag / "instances.jsonl" for tag in (before, after)]
     if not all(p.is_file() for p in paths):
         return None
     return paired_report(read_instances(paths[0]), read_instances(paths[1]), list(PAIRED_METRICS), seed=seed)
+
+
+def paired_table(paired: dict) -> str:
+    from orchestration.eval.paired_ci import format_table
+
+    return format_table(paired, PAIRED_METRICS)
+
+
+def summary_table(history: dict[str, Any]) -> str:
+    rows = [("dev reward", "reward"), ("quality", "quality"), ("AL", "AL"), ("LAAL", "LAAL")]
+    before, after = history.get("before", {}), history.get("after", {})
+    lines = [f"{'':12} {'before':>10} {'after':>10}"]
+    for label, key in rows:
+        b, a = before.get(key), after.get(key)
+        lines.append(f"{label:12} {b if b is None else f'{b:10.3f}':>10} {a if a is None else f'{a:10.3f}':>10}")
+    return "\n".join(lines)

@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 
-from orchestration.dev_instances import PAIRED_METRICS, compare_dev, read_instances, \
+from orchestration.training.dev_instances import PAIRED_METRICS, compare_dev, read_instances, \
     sentence_records, write_instances
-from orchestration.paired_ci import format_table, paired_bootstrap_ci, paired_report
+from orchestration.eval.paired_ci import format_table, paired_bootstrap_ci, paired_report
 from reward.dev_reward import dev_reward
 from rollout.types import Source
 
