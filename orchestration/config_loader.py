@@ -26,7 +26,7 @@ class ConfigError(UserInputError):
     """Bad configuration: the message says which file/key and what is allowed."""
 
 
-def _read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
+def read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
     """Read one YAML mapping; a ``base:`` key names a file it is merged over."""
     if depth > MAX_BASE_DEPTH:
         raise ConfigError(f"{path}: too many nested 'base:' files (a cycle?)")
@@ -49,7 +49,7 @@ def _read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a path to another YAML file")
-    return deep_merge(_read_yaml((path.parent / base).resolve(), depth + 1), data)
+    return deep_merge(read_yaml((path.parent / base).resolve(), depth + 1), data)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
                 schema: type[BaseModel] = RootConfig, format_error=None):
     """YAML file (optional) + overrides -> validated ``schema`` (:class:`RootConfig` by default;
     another root such as the eval command's may bring its own ``format_error(err, source)``)."""
-    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    data: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
     parsed = [parse_override(text) for text in overrides]
     for parts, value in parsed:
         apply_override(data, parts, value)

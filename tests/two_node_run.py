@@ -19,7 +19,7 @@ def main(temp_dir: str, run_dir: str, overrides: list[str]) -> int:
 
     import launch
 
-    # Cluster() records its address in the default /tmp/ray, where any other `ray.init()` on
+    # Cluster() records its address in Ray's default temp dir, where any other `ray.init()` on
     # this machine would find and join it: keep it in our own temp dir instead.
     ray_utils.write_ray_address = lambda address, temp_dir_=None: None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestration.config_loader import REPO_ROOT, ConfigError, _read_yaml, load_config
+from orchestration.config_loader import REPO_ROOT, ConfigError, read_yaml, load_config
 from orchestration.runtime import write_json_atomic
 
 TABLE_KEYS = ("reward", "quality", "AL", "LAAL", "wait_share")
@@ -78,7 +78,7 @@ def expand(cfg: SweepConfig) -> list[SweepRun]:
 
 
 def load_sweep(path: Path) -> tuple[SweepConfig, Path]:
-    data = _read_yaml(path)
+    data = read_yaml(path)
     try:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as err:

@@ -149,19 +149,28 @@ def test_exact_resume_after_a_clean_stop_and_after_sigkill(tiny_model_dir, tmp_p
     assert summary["steps"] == 3 and {"before", "after"} <= set(summary["history"])
 
 
-@pytest.mark.slow
-def test_latency_only_reward_teaches_the_tiny_model_to_wait_less(tiny_model_dir, tmp_path, ray_local):
+WAIT_LESSON_STEPS = 8
+
+
+def _wait_lesson(tiny_model_dir: Path, tmp_path: Path, *extra: str) -> Path:
+    """Train a tiny model biased to wait (P(wait) ~0.84 on the first turn) with the latency-only
+    reward for WAIT_LESSON_STEPS steps; the run directory."""
     model = tmp_path / "waiting-model"
     shutil.copytree(tiny_model_dir, model)
-    bias_towards_end_of_turn(model, logit=0.9)   # P(wait) ~0.84 on the first turn
+    bias_towards_end_of_turn(model, logit=0.9)
     data = build_tiny_data(tmp_path / "data", n=40)
     run = tmp_path / "run"
-    steps = 8
     assert launch.main(["train", *_tiny_run(
-        model, data, run, f"train.steps={steps}", "train.sources_per_step=4", "train.checkpoint_every=0",
-        "train.min_source_units=8", "rollout.sampling.group_size=4", "reward.mode=latency_only",
-        "learner.lora.enabled=false", "rollout.weight_sync=full", "learner.lr=3e-3", "learner.kl_beta=0.0",
-        "run.seed=1")]) == 0
+        model, data, run, f"train.steps={WAIT_LESSON_STEPS}", "train.sources_per_step=4",
+        "train.checkpoint_every=0", "train.min_source_units=8", "rollout.sampling.group_size=4",
+        "reward.mode=latency_only", "learner.lora.enabled=false", "rollout.weight_sync=full",
+        "learner.lr=3e-3", "learner.kl_beta=0.0", "run.seed=1", *extra)]) == 0
+    return run
+
+
+@pytest.mark.slow
+def test_latency_only_reward_teaches_the_tiny_model_to_wait_less(tiny_model_dir, tmp_path, ray_local):
+    run, steps = _wait_lesson(tiny_model_dir, tmp_path), WAIT_LESSON_STEPS
     rows = _rows(run)
 
     def mean(key: str, steps_: range) -> float:

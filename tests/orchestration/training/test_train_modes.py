@@ -4,15 +4,13 @@ was rolled out ahead exactly once (the same trajectories as the uninterrupted ru
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 import launch
-from tests.orchestration.training.test_loop import _rows, _tiny_run
+from tests.orchestration.training.test_loop import WAIT_LESSON_STEPS, _rows, _tiny_run, _wait_lesson
 from tests.tiny_data import build_tiny_data
-from tests.tiny_model import bias_towards_end_of_turn
 
 
 def _rollouts(run: Path, step: int) -> list[dict]:
@@ -46,17 +44,8 @@ def test_one_step_off_resume_trains_the_batch_ahead_once(tiny_model_dir, tmp_pat
 @pytest.mark.slow
 def test_one_step_off_teaches_the_tiny_model_to_wait_less(tiny_model_dir, tmp_path, ray_local):
     """The sync learning test of test_train.py, overlapped: the same lesson is learned."""
-    model = tmp_path / "waiting-model"
-    shutil.copytree(tiny_model_dir, model)
-    bias_towards_end_of_turn(model, logit=0.9)
-    data = build_tiny_data(tmp_path / "data", n=40)
-    run = tmp_path / "run"
-    steps = 8
-    assert launch.main(["train", *_tiny_run(
-        model, data, run, f"train.steps={steps}", "train.sources_per_step=4", "train.checkpoint_every=0",
-        "train.min_source_units=8", "rollout.sampling.group_size=4", "reward.mode=latency_only",
-        "learner.lora.enabled=false", "rollout.weight_sync=full", "learner.lr=3e-3", "learner.kl_beta=0.0",
-        "run.seed=1", "train.mode=one_step_off", "learner.is_correction=truncate")]) == 0
+    run = _wait_lesson(tiny_model_dir, tmp_path, "train.mode=one_step_off", "learner.is_correction=truncate")
+    steps = WAIT_LESSON_STEPS
     rows = _rows(run)
 
     def mean(key: str, steps_: range) -> float:
