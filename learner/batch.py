@@ -6,6 +6,41 @@ Plain Python (no torch import) so the driver can build and shard batches cheaply
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class PrefixSegments:
+    """Token counts of the four segments of one prefix-layout sequence (``learner.simulmask``):
+    prompt, source, middle (end of the user turn, assistant header) and target."""
+
+    prompt: int
+    source: int
+    middle: int
+    target: int
+    source_slots: int | None = None     # reserved source positions (ExPosST); None = ``source``
+
+    def __post_init__(self) -> None:
+        if min(self.prompt, self.source, self.middle, self.target) < 0:
+            raise ValueError(f"negative segment length in {self}")
+        if self.source_slots is not None and self.source_slots < self.source:
+            raise ValueError(f"source_slots={self.source_slots} < source={self.source}")
+
+    @property
+    def length(self) -> int:
+        return self.prompt + self.source + self.middle + self.target
+
+    @property
+    def slots(self) -> int:
+        return self.source if self.source_slots is None else self.source_slots
+
+
+def check_reads(seg: PrefixSegments, reads: Sequence[int]) -> None:
+    """``reads[i]``: source tokens read when target token i was written; non-decreasing, in [0, source]."""
+    if len(reads) != seg.target:
+        raise ValueError(f"{len(reads)} reads for {seg.target} target tokens")
+    if any(r < 0 or r > seg.source for r in reads) or any(a > b for a, b in zip(reads, reads[1:])):
+        raise ValueError(f"reads must be non-decreasing in [0, {seg.source}]: {list(reads)}")
 
 
 @dataclass
@@ -17,7 +52,11 @@ class TrainTrajectory:
     ``temperature``/``top_p``/``top_k`` name the distribution the actions were drawn from; the
     learner scores that same distribution (logits / temperature, then the nucleus / top-k
     truncation renormalised), so ratios and the sampler mismatch compare like with like.
-    Greedy rollouts (temperature 0) are scored at temperature 1."""
+    Greedy rollouts (temperature 0) are scored at temperature 1.
+
+    ``segments`` and ``reads`` make it a prefix-layout sequence trained in one pass with a
+    SimulMask mask and ExPosST positions (``learner.simulmask``): the actions are then exactly
+    its target segment."""
 
     token_ids: list[int]
     action_mask: list[int]
@@ -26,6 +65,8 @@ class TrainTrajectory:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0            # 0 = no top-k truncation
+    segments: PrefixSegments | None = None
+    reads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)
@@ -41,6 +82,15 @@ class TrainTrajectory:
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
             raise ValueError(f"sampling temperature={self.temperature} top_p={self.top_p} top_k={self.top_k}: "
                              "need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        if (self.segments is None) != (self.reads is None):
+            raise ValueError("a prefix-layout trajectory needs both segments and reads")
+        if self.segments is not None:
+            seg = self.segments
+            if seg.length != n:
+                raise ValueError(f"{n} tokens but the prefix segments sum to {seg.length}")
+            check_reads(seg, self.reads)
+            if self.action_mask != [0] * (n - seg.target) + [1] * seg.target:
+                raise ValueError("a prefix-layout trajectory's actions are its target segment")
 
     @property
     def scoring_temperature(self) -> float:

@@ -16,6 +16,7 @@ import torch
 
 from learner.batch import TrainBatch, TrainTrajectory
 from learner.config import LearnerConfig
+from learner.simulmask import additive_mask, collate_prefix
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -99,7 +100,8 @@ def truncate_logits(logits: torch.Tensor, top_p: torch.Tensor | None = None,
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       token_mask: torch.Tensor | None = None, temperature: torch.Tensor | None = None,
-                      top_p: torch.Tensor | None = None, top_k: torch.Tensor | None = None) -> torch.Tensor:
+                      top_p: torch.Tensor | None = None, top_k: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """``out[b, k] = log p(input_ids[b, k] | input_ids[b, :k])`` in fp32, one forward for the batch.
 
     Right-padded [batch, seq] inputs. Only positions where ``token_mask`` (default:
@@ -110,10 +112,23 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
     ``temperature``/``top_p``/``top_k`` ([batch], optional) score the distribution the sampler
     drew from (vLLM's processed log-probs): logits / temperature, then :func:`truncate_logits`.
+
+    A boolean ``attention_mask`` [B, T, T] (with ``position_ids``, ``token_mask``) scores a
+    prefix-layout batch under its SimulMask mask: row k-1 sees only the keys it allows.
     """
     decoder, head = _decoder_and_head(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    wanted = (attention_mask if token_mask is None else token_mask).bool() & attention_mask.bool()
+    if attention_mask.dim() == 3:
+        # a prefix-layout batch: a boolean [B, T, T] SimulMask mask with its ExPosST positions
+        if token_mask is None or position_ids is None:
+            raise ValueError("a [B, T, T] attention mask needs token_mask and position_ids")
+        additive = additive_mask(attention_mask, next(model.parameters()).dtype).to(input_ids.device)
+        hidden = decoder(input_ids=input_ids, attention_mask=additive, position_ids=position_ids,
+                         use_cache=False).last_hidden_state
+        wanted = token_mask.bool()
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False).last_hidden_state
+        wanted = (attention_mask if token_mask is None else token_mask).bool() & attention_mask.bool()
     rows, cols = wanted[:, 1:].nonzero(as_tuple=True)      # cols = k - 1: the predicting position
     logits = head(hidden[rows, cols]).float()               # advanced indexing copies: contiguous
     targets = input_ids[rows, cols + 1]
@@ -143,17 +158,20 @@ class PolicyLogprobs(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_mask: torch.Tensor | None = None, reference: bool = False,
                 temperature: torch.Tensor | None = None, top_p: torch.Tensor | None = None,
-                top_k: torch.Tensor | None = None) -> torch.Tensor:
+                top_k: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         if reference and not is_peft(self.policy):
             raise ValueError("reference scoring through the policy needs a LoRA adapter to disable")
         ctx = self.policy.disable_adapter() if reference else nullcontext()
         with ctx:
             return sequence_logprobs(self.policy, input_ids, attention_mask, token_mask,
-                                     temperature, top_p, top_k)
+                                     temperature, top_p, top_k, position_ids)
 
 
 def collate(batch: TrainBatch | Sequence[TrainTrajectory], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Right-pad trajectories into tensors.
+
+    A batch of prefix-layout trajectories gets its boolean SimulMask ``attention_mask``
+    [B, T, T] and ``position_ids`` [B, T] (``learner.simulmask.collate_prefix``) instead.
 
     Returns ``input_ids`` [B, T] long, ``attention_mask`` [B, T] long, ``action_mask`` [B, T]
     float32, ``advantages`` [B] float32, ``rollout_logprobs`` [B, T] float32 (0 off actions), and
@@ -162,6 +180,9 @@ def collate(batch: TrainBatch | Sequence[TrainTrajectory], pad_id: int = 0) -> d
     trajs = batch.trajectories if isinstance(batch, TrainBatch) else list(batch)
     if not trajs:
         raise ValueError("cannot collate an empty batch")
+    prefix = [t.segments is not None for t in trajs]
+    if any(prefix) and not all(prefix):
+        raise ValueError("a batch mixes prefix-layout and plain trajectories")
     size = (len(trajs), max(len(t.token_ids) for t in trajs))
     ids = torch.full(size, pad_id, dtype=torch.long)
     attn = torch.zeros(size, dtype=torch.long)
@@ -174,7 +195,11 @@ def collate(batch: TrainBatch | Sequence[TrainTrajectory], pad_id: int = 0) -> d
         act[i, :n] = torch.tensor(t.action_mask, dtype=torch.float32)
         lps[i, :n] = torch.tensor(t.rollout_logprobs, dtype=torch.float32) * act[i, :n]
     adv = torch.tensor([float(t.advantage) for t in trajs], dtype=torch.float32)
-    return {"input_ids": ids, "attention_mask": attn, "action_mask": act,
+    extra = {}
+    if all(prefix):   # SimulMask mask [B, T, T] and ExPosST positions in place of the padding mask
+        layout = collate_prefix([(t.token_ids, t.segments, t.reads) for t in trajs], pad_id)
+        attn, extra = layout["attention_mask"], {"position_ids": layout["position_ids"]}
+    return extra | {"input_ids": ids, "attention_mask": attn, "action_mask": act,
             "advantages": adv, "rollout_logprobs": lps,
             "temperature": torch.tensor([t.scoring_temperature for t in trajs], dtype=torch.float32),
             "top_p": torch.tensor([float(t.top_p) for t in trajs], dtype=torch.float32),

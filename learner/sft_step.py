@@ -58,7 +58,8 @@ def sft_step(rank: RankOps, shard: TrainBatch, micro_batch_size: int,
         loss = sft_token_loss(logp, mask, tokens)
         rank.backward(loss * (weight * rank.world_size), boundary=m == len(plan) - 1)
         if weight:
-            sums += torch.tensor([float(-(logp.detach() * mask).sum()), float(inputs["attention_mask"].sum()),
+            real = sum(len(trajs[i].token_ids) for i in idx)   # a prefix batch's mask is [B, T, T]
+            sums += torch.tensor([float(-(logp.detach() * mask).sum()), float(real),
                                   float(mask.numel()), float(len(idx))], dtype=torch.float64)
     grad_norm = float(rank.step())
     total = rank.all_reduce(sums, "sum").tolist()

@@ -25,35 +25,14 @@ Plain torch; no model code beyond a transformers forward that accepts a 4-D mask
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from learner.batch import PrefixSegments, check_reads
 
-@dataclass(frozen=True)
-class PrefixSegments:
-    """Token counts of the four segments of one prefix-layout sequence."""
-
-    prompt: int
-    source: int
-    middle: int
-    target: int
-    source_slots: int | None = None     # reserved source positions (ExPosST); None = ``source``
-
-    def __post_init__(self) -> None:
-        if min(self.prompt, self.source, self.middle, self.target) < 0:
-            raise ValueError(f"negative segment length in {self}")
-        if self.source_slots is not None and self.source_slots < self.source:
-            raise ValueError(f"source_slots={self.source_slots} < source={self.source}")
-
-    @property
-    def length(self) -> int:
-        return self.prompt + self.source + self.middle + self.target
-
-    @property
-    def slots(self) -> int:
-        return self.source if self.source_slots is None else self.source_slots
+__all__ = ["PrefixSegments", "additive_mask", "collate_prefix", "contiguous_positions", "expost_positions",
+           "masked_logprobs", "simulmask", "wait_k_reads"]
 
 
 def wait_k_reads(k: int, num_target: int, num_source: int) -> list[int]:
@@ -63,16 +42,9 @@ def wait_k_reads(k: int, num_target: int, num_source: int) -> list[int]:
     return [min(k + i, num_source) for i in range(num_target)]
 
 
-def _check_reads(seg: PrefixSegments, reads: Sequence[int]) -> None:
-    if len(reads) != seg.target:
-        raise ValueError(f"{len(reads)} reads for {seg.target} target tokens")
-    if any(r < 0 or r > seg.source for r in reads) or any(a > b for a, b in zip(reads, reads[1:])):
-        raise ValueError(f"reads must be non-decreasing in [0, {seg.source}]: {list(reads)}")
-
-
 def simulmask(seg: PrefixSegments, reads: Sequence[int]) -> torch.Tensor:
     """Boolean [L, L] mask, ``mask[q, k]`` True where row q may attend to key k."""
-    _check_reads(seg, reads)
+    check_reads(seg, reads)
     P, S, M, N = seg.prompt, seg.source, seg.middle, seg.target
     L = seg.length
     mask = torch.tril(torch.ones(L, L, dtype=torch.bool))

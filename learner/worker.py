@@ -159,7 +159,8 @@ class Learner:
         ids = inputs["input_ids"].to(self.device)
         attn = inputs["attention_mask"].to(self.device)
         mask = inputs["action_mask"].to(self.device)
-        dist = {k: inputs[k].to(self.device) for k in ("temperature", "top_p", "top_k") if k in inputs}
+        dist = {k: inputs[k].to(self.device) for k in ("temperature", "top_p", "top_k", "position_ids")
+                if k in inputs}
         if reference and self.reference is not None:
             with torch.no_grad():
                 return sequence_logprobs(self.reference, ids, attn, mask, **dist)

@@ -8,10 +8,13 @@ would produce, so the SFT model is trained on exactly the layout it will act in.
 ``prefix_samples`` builds the other layout for comparison (``bench sft``): "prefix
 fine-tuning", one sample per write in the prefix layout exactly as prefix-layout inference
 prompts it (``rollout.prefix_layout.PrefixPrompter``: the source read so far in the user turn,
-the translation so far as the assistant prefix).
+the translation so far as the assistant prefix). ``prefix_sequence`` is the same data as one
+sequence per pair (the whole source, the whole target) with, for every target token, the
+source tokens read when it is written: what SimulMask training (``learner.simulmask``) needs.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from rollout.episode import Trajectory
@@ -95,3 +98,55 @@ def prefix_samples(factory: EpisodeFactory, source: Source, lag_k: int,
         samples.append((context + action, [0] * len(context) + [1] * len(action)))
         written += (tglue if written else "") + piece
     return samples
+
+
+@dataclass(frozen=True)
+class PrefixSequence:
+    """One pair in the prefix layout as a single sequence: ``token_ids`` = prompt + source +
+    middle + target segments (``PrefixPrompter.segments``), ``lengths`` their token counts, and
+    ``reads[i]`` the source tokens read when target token i is written (non-decreasing)."""
+
+    token_ids: list[int]
+    lengths: dict[str, int]
+    reads: list[int]
+
+
+def prefix_sequence(factory: EpisodeFactory, source: Source, lag_k: int,
+                    prompter: PrefixPrompter | None = None) -> PrefixSequence:
+    """The pair's pieces (the segmentation rule, as ``prefix_samples`` cuts them) as one sequence.
+
+    A piece written after step t has read the first min(t·m, |X|) source units; in tokens, the
+    encoding of that source prefix, which must be a prefix of the whole source's encoding (else
+    ``ValueError``: the tokenizer merges across a word boundary, and no read count is exact).
+    The end-of-turn token closes the target, written with the whole source read."""
+    if source.reference is None:
+        raise ValueError(f"source {source.index} has no reference")
+    prompter = prompter or PrefixPrompter(factory.tokenizer)
+    src_unit, tgt_unit = unit_of(source.src_lang), unit_of(source.tgt_lang)
+    chunk_size = factory.chunk_size(source.src_lang)
+    source_length = count_units(source.text, src_unit)
+    pieces = reference_pieces(source.text, source.reference, src_unit, tgt_unit, chunk_size, lag_k)
+    parts = prompter.segments(source, [])
+    source_ids = parts["source"]
+    tglue = "" if tgt_unit == "char" else " "
+
+    def read_tokens(units: int) -> int:
+        ids = factory.encode(prompter.source_prefix(source, units)) if units else []
+        if ids != source_ids[:len(ids)]:
+            raise ValueError(f"source {source.index}: the first {units} source units do not encode "
+                             "to a prefix of the whole source's tokens")
+        return len(ids)
+
+    target, reads, written = [], [], False
+    for t, piece in enumerate(pieces, start=1):
+        if not piece:
+            continue
+        ids = factory.encode((tglue if written else "") + piece)
+        target += ids
+        reads += [read_tokens(min(t * chunk_size, source_length))] * len(ids)
+        written = True
+    target.append(factory.end_of_turn_id)
+    reads.append(len(source_ids))
+    lengths = {"prompt": len(parts["prompt"]), "source": len(source_ids), "middle": len(parts["middle"]),
+               "target": len(target)}
+    return PrefixSequence(parts["prompt"] + source_ids + parts["middle"] + target, lengths, reads)

@@ -60,7 +60,8 @@ def test_two_ranks_equal_one_rank():
 
 @pytest.mark.slow
 def test_deepspeed_learner_lowers_action_cross_entropy(ray_local, tiny_model_dir):
-    """The real learner actor (DeepSpeed, peft LoRA, fp32): SFT steps lower the loss on a batch."""
+    """The real learner actor (DeepSpeed, peft LoRA, fp32): SFT steps lower the loss on a batch,
+    and on a prefix-layout batch trained under its SimulMask mask and ExPosST positions."""
     from learner.config import LearnerConfig
     from learner.worker import LearnerWorker, worker_options
     from tests.learner.test_worker import free_port
@@ -72,13 +73,25 @@ def test_deepspeed_learner_lowers_action_cross_entropy(ray_local, tiny_model_dir
     batch = TrainBatch([TrainTrajectory(x, [0] * 6 + [1] * 6, 0.0, [0.0] * 12) for x in ids])
     worker = LearnerWorker.options(**worker_options(cfg)).remote(cfg.model_dump(), str(tiny_model_dir), 0, 1,
                                                                  "127.0.0.1", free_port(), 0)
+    # a prefix-layout batch (SimulMask mask, ExPosST positions): 4 prompt, 6 source, 2 middle, 6 target
+    from learner.batch import PrefixSegments
+
+    seg = PrefixSegments(4, 6, 2, 6, source_slots=10)
+    prefix = TrainBatch([TrainTrajectory(x + [7, 8, 9, 10, 11, 12], [0] * 12 + [1] * 6, 0.0, [0.0] * 18,
+                                         segments=seg, reads=(2, 3, 4, 5, 6, 6)) for x in ids])
     try:
         before = ray.get(worker.sft_eval.remote(batch))
         steps = [ray.get(worker.sft_step.remote(batch, batch.counts()["tokens"])) for _ in range(4)]
         after = ray.get(worker.sft_eval.remote(batch))
+        prefix_before = ray.get(worker.sft_eval.remote(prefix))
+        prefix_steps = [ray.get(worker.sft_step.remote(prefix, prefix.counts()["tokens"])) for _ in range(4)]
+        prefix_after = ray.get(worker.sft_eval.remote(prefix))
     finally:
         ray.get(worker.shutdown.remote(), timeout=60)
         ray.kill(worker)
     assert steps[0]["loss"] == pytest.approx(before["loss"], rel=1e-5)
     assert after["loss"] < before["loss"] - 0.5
     assert before["tokens"] == 36
+    assert prefix_steps[0]["loss"] == pytest.approx(prefix_before["loss"], rel=1e-5)
+    assert prefix_after["loss"] < prefix_before["loss"] - 0.5 and prefix_before["tokens"] == 36
+    assert prefix_steps[0]["forward_tokens"] == 6 * 18

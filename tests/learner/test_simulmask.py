@@ -169,3 +169,36 @@ def test_batched_padding_keeps_rows_finite(model, sentence):
     assert torch.isfinite(lp).all()
     alone = one_pass(model, sentence, wait_k_reads(2, len(target), len(source)), True, len(source))
     assert torch.allclose(lp[0, -len(target):], alone, atol=1e-5)
+
+
+def test_the_learner_scores_a_prefix_trajectory_as_incremental_inference(model, sentence, tiny_model_dir):
+    """The training path: a TrainTrajectory with segments and reads, collated by the learner and
+    scored by ``sequence_logprobs`` on the learner's own model build (its attention kernel), gives
+    the log-probs of incremental ExPosST wait-k inference on every target token."""
+    from learner.batch import TrainBatch, TrainTrajectory
+    from learner.policy import collate, load_causal_lm, sequence_logprobs
+
+    prompt, source, middle, target = sentence
+    learner_model = load_causal_lm(tiny_model_dir, "float32").eval()
+    learner_model.load_state_dict(model.state_dict())          # the sharpened weights
+    slots = len(source) + 4
+    reads = wait_k_reads(2, len(target), len(source))
+    ids = prompt + source + middle + target
+    traj = TrainTrajectory(ids, [0] * (len(ids) - len(target)) + [1] * len(target), 0.0, [0.0] * len(ids),
+                           segments=PrefixSegments(len(prompt), len(source), len(middle), len(target), slots),
+                           reads=tuple(reads))
+    short = TrainTrajectory(ids[:-2], [0] * (len(ids) - len(target)) + [1] * (len(target) - 2), 0.0,
+                            [0.0] * (len(ids) - 2), reads=tuple(reads[:-2]),
+                            segments=PrefixSegments(len(prompt), len(source), len(middle), len(target) - 2, slots))
+    inputs = collate(TrainBatch([traj, short]))
+    assert inputs["attention_mask"].shape == (2, len(ids), len(ids)) and "position_ids" in inputs
+    with torch.no_grad():
+        lp = sequence_logprobs(learner_model, inputs["input_ids"], inputs["attention_mask"], inputs["action_mask"],
+                               position_ids=inputs["position_ids"])
+    want = incremental(model, *sentence, reads, slots)
+    assert torch.allclose(lp[0, -len(target):], want, atol=1e-4, rtol=0), (lp[0, -len(target):] - want).abs().max()
+    assert torch.allclose(lp[1, len(ids) - len(target):len(ids) - 2], want[:-2], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="mixes"):
+        collate([traj, TrainTrajectory(ids, traj.action_mask, 0.0, [0.0] * len(ids))])
+    with pytest.raises(ValueError, match="target segment"):
+        TrainTrajectory(ids, [0] * len(ids), 0.0, [0.0] * len(ids), segments=traj.segments, reads=traj.reads)

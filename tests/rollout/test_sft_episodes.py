@@ -103,3 +103,29 @@ def test_prefix_segments_rebuild_the_whole_prompt(tiny_tokenizer):
     assert parts["prompt"] + parts["source"] + parts["middle"] + parts["target"] == \
         prompter.prompt(source, len(SRC.split()), target)
     assert prompter.decode(parts["source"]) == SRC and parts["target"] == target
+
+
+def test_prefix_sequence_is_the_whole_prompt_with_the_reads_of_each_write(factory, tiny_tokenizer):
+    """One prefix-layout sequence per pair: the last expanded sample's tokens, and every target
+    token carries the source tokens its write had read (those of its prefix sample's prompt)."""
+    from rollout.prefix_layout import PrefixPrompter
+    from rollout.sft_episodes import prefix_sequence
+
+    prompter, source = PrefixPrompter(tiny_tokenizer), Source(0, SRC, "de", "en", REF)
+    seq = prefix_sequence(factory, source, lag_k=3, prompter=prompter)
+    samples = prefix_samples(factory, source, lag_k=3, prompter=prompter)
+    n = seq.lengths
+    assert len(seq.token_ids) == sum(n.values()) and len(seq.reads) == n["target"]
+    target = seq.token_ids[-n["target"]:]
+    assert target == [i for ids, mask in samples for i, m in zip(ids, mask) if m]   # the pieces, then the end
+    assert seq.token_ids == prompter.prompt(source, len(SRC.split()), target)
+    source_ids = seq.token_ids[n["prompt"]:n["prompt"] + n["source"]]
+    pieces = reference_pieces(SRC, REF, "word", "word", 3, 3)
+    steps = [t for t, p in enumerate(pieces, start=1) if p]
+    reads = []
+    for (ids, mask), t in zip(samples, steps):
+        read = len(factory.encode(" ".join(SRC.split()[:min(3 * t, len(SRC.split()))])))
+        assert ids[n["prompt"]:n["prompt"] + read] == source_ids[:read]   # that write's prompt held them
+        reads += [read] * sum(mask)
+    reads[-1] = n["source"]                # the end of turn is written with the whole source read
+    assert seq.reads == reads and seq.reads[0] < n["source"]
