@@ -34,6 +34,12 @@ from rollout.simul_policies import build_read_write_policy, normalize_spaces, un
 from rollout.units import join_pieces, step_delay, unit_of
 
 
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return torch.float32 if name == "float32" else torch.bfloat16
+
+
 def instance_record(out: SimulOutput, src: Source, unit_ms: float) -> dict[str, Any]:
     return {"index": src.index, "source": src.text, "prediction": out.prediction,
             "reference": src.reference, "delays": list(out.delays),
@@ -77,6 +83,15 @@ class EvalWorker:
             self.backend: Any = VLLMEngine(model, dtype, self.cfg.rollout.engine, seed=seed,
                                            max_logprobs=engine_max_logprobs(expand_settings(self.cfg.eval)))
             tokenizer = self.backend.tokenizer
+        elif backend == "expost":
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            # eager attention: ExPosST decoding passes explicit masks over a per-sentence cache
+            self.model_dir = model
+            self.hf_model = AutoModelForCausalLM.from_pretrained(
+                model, dtype=torch_dtype(dtype), attn_implementation="eager").eval()
+            tokenizer = AutoTokenizer.from_pretrained(model)
+            self.backend = None   # one ExPosSTBackend per setting (its source_slots) on this model
         else:
             from rollout.hf_backend import HFBackend
 
@@ -102,8 +117,18 @@ class EvalWorker:
             top_k = params["top_k"]
         else:   # exact: dense tensors from transformers, full-vocabulary lists from vLLM
             top_k = -1 if self.backend_name == "vllm" else None
+        backend, prompter = self.backend, self.prompter
+        if params.get("positions") == "expost":
+            from orchestration.eval.config import expost_slots
+            from rollout.expost_decoding import ExPosSTBackend, ExPosSTPrompter
+
+            slots = params["source_slots"] or expost_slots(Path(self.model_dir))
+            backend = ExPosSTBackend.from_model(self.hf_model, self.tokenizer, slots)
+            prompter = ExPosSTPrompter(self.tokenizer, ev.system_prompt)
         for start in range(0, len(sources), ev.batch_size):
-            dec = PrefixDecoder(self.backend, self.prompter, policy, sources[start:start + ev.batch_size],
+            if backend is not self.backend:
+                backend.reset()          # the caches of the previous batch's sentences
+            dec = PrefixDecoder(backend, prompter, policy, sources[start:start + ev.batch_size],
                                 top_k=top_k, max_tokens_per_unit=ev.max_tokens_per_unit,
                                 max_new_tokens_final=ev.max_new_tokens_final)
             while dec.step():

@@ -17,7 +17,7 @@ from typing import Any
 from orchestration.config_loader import REPO_ROOT, resolve_run_dir, write_resolved_config
 from orchestration.data import Dataset, load_pairs
 from orchestration.errors import UserInputError
-from orchestration.eval.config import EvalRootConfig, RunSetting, expand_settings, load_eval_config
+from orchestration.eval.config import EvalRootConfig, RunSetting, expand_settings, expost_slots, load_eval_config
 from orchestration.eval.plot import plot_quality_latency, summary_table
 from orchestration.runtime import start_ray, write_json_atomic
 from rollout.units import unit_of
@@ -37,6 +37,11 @@ def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
         raise UserInputError(f"model.path={cfg.model.path}: {model} does not exist; `make setup` prepares the "
                              "CPU demo model, or pass a Hugging Face id or another directory")
     for s in settings:
+        if s.backend == "expost" and s.params["source_slots"] is None and \
+                expost_slots(_local(cfg.model.path)) is None:
+            raise UserInputError(f"eval.settings: {s.name}: positions=expost needs source_slots: "
+                                 f"{cfg.model.path} has no sft_provenance.json naming them (a model from "
+                                 "`launch.py sft` with sft.layout=simulmask has); set source_slots")
         if s.params.get("distribution") == "topk" and s.backend == "hf":
             raise UserInputError(f"eval.settings: {s.name}: distribution=topk needs the vllm backend "
                                  "(eval.backend=auto or vllm); transformers gives exact distributions")
@@ -49,7 +54,7 @@ def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
         if not ok:
             raise UserInputError(f"eval.settings: checkpoint {ckpt}: {p} is neither a train checkpoint "
                                  "(adapter/ or weights/model.safetensors) nor a peft adapter directory")
-        if s.backend == "hf":
+        if s.backend != "vllm":
             raise UserInputError(f"eval.settings: checkpoint {ckpt} needs the vllm backend (eval.backend=auto or vllm)")
 
 

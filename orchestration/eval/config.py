@@ -8,6 +8,7 @@ per value, so one entry sweeps wait-k over k = 1, 3, 5, 7 or LSG over the paper'
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,21 @@ PathStr = Annotated[str, Field(min_length=1, max_length=1000)]
 Label = Field(None, min_length=1, max_length=60, description="line name on the plot; null = the policy type")
 
 
+Positions = Field("contiguous", description="contiguous: the prompt as written (vLLM or transformers); expost: "
+                                            "ExPosST slots on transformers with one KV cache per sentence, for "
+                                            "models trained with sft.layout=simulmask")
+Slots = Field(None, ge=1, le=100_000, description="positions: expost: reserved source positions; null = the "
+                                                  "model's sft_provenance.json (what it was trained with)")
+
+
 class WaitKSetting(_Section):
     """wait-k (prefix layout): read k units, then write one / read one."""
 
     type: Literal["waitk"] = Field(description="policy name")
     k: K | Annotated[list[K], Field(min_length=1)] = Field(
         description="units read before the first write; a list sweeps")
+    positions: Literal["contiguous", "expost"] = Positions
+    source_slots: int | None = Slots
     label: str | None = Label
 
 
@@ -78,6 +88,8 @@ class OfflineSetting(_Section):
     """Full-sentence translation (quality ceiling; AL = |X|)."""
 
     type: Literal["offline"] = Field(description="policy name")
+    positions: Literal["contiguous", "expost"] = Positions
+    source_slots: int | None = Slots
     label: str | None = Label
 
 
@@ -134,7 +146,7 @@ class RunSetting:
 
     name: str
     line: str
-    backend: Literal["vllm", "hf"]
+    backend: Literal["vllm", "hf", "expost"]
     params: dict[str, Any]
 
 
@@ -146,8 +158,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
 
 
-def _backend(entry: Any, choice: str) -> Literal["vllm", "hf"]:
+def _backend(entry: Any, choice: str) -> Literal["vllm", "hf", "expost"]:
+    if getattr(entry, "positions", "contiguous") == "expost":
+        return "expost"     # transformers with ExPosST positions, whatever eval.backend says
     return "vllm" if choice == "auto" else choice  # type: ignore[return-value]
+
+
+def _layout(entry: Any) -> tuple[dict[str, Any], str]:
+    """The position parameters of a prefix-layout entry and its name suffix."""
+    if getattr(entry, "positions", "contiguous") != "expost":
+        return {}, ""
+    return {"positions": "expost", "source_slots": entry.source_slots}, "-expost"
+
+
+def expost_slots(model_dir: Path) -> int | None:
+    """The ``source_slots`` a simulmask-trained model was trained with (its sft_provenance.json)."""
+    try:
+        note = json.loads((model_dir / "sft_provenance.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    slots = note.get("source_slots")
+    return int(slots) if isinstance(slots, int) and slots > 0 else None
 
 
 def engine_max_logprobs(settings: "list[RunSetting]") -> int | None:
@@ -174,8 +205,9 @@ def expand_settings(cfg: EvalConfig) -> list[RunSetting]:
         backend = _backend(entry, cfg.backend)
         line = entry.label or entry.type
         if isinstance(entry, WaitKSetting):
+            extra, tag = _layout(entry)
             for k in _as_list(entry.k):
-                out.append(RunSetting(f"waitk-k{k}", line, backend, {"type": "waitk", "k": k}))
+                out.append(RunSetting(f"waitk-k{k}{tag}", line, backend, {"type": "waitk", "k": k} | extra))
         elif isinstance(entry, LSGSetting):
             for L, U in entry.levels:
                 params = entry.model_dump(exclude={"levels", "label"}) | {"L": L, "U": U}
@@ -190,7 +222,8 @@ def expand_settings(cfg: EvalConfig) -> list[RunSetting]:
                     out.append(RunSetting(name, line, backend,
                                           {"type": "learned", "checkpoint": ckpt, "chunk_size": m}))
         else:
-            out.append(RunSetting("offline", line, backend, {"type": "offline"}))
+            extra, tag = _layout(entry)
+            out.append(RunSetting(f"offline{tag}", line, backend, {"type": "offline"} | extra))
     seen: dict[str, int] = {}
     unique = []
     for s in out:  # the same point twice (or two checkpoints with one name) get a suffix

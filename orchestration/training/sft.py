@@ -59,6 +59,38 @@ def sft_batch(trajs: Sequence) -> Any:
     return TrainBatch([TrainTrajectory(t.token_ids, t.action_mask, 0.0, [0.0] * len(t.token_ids)) for t in trajs])
 
 
+def sft_sequences(cfg: SftRootConfig, factory: Any, sources: Sequence) -> tuple[list, int]:
+    """The learner's sequences of ``sources`` in ``sft.layout``, and how many pairs were skipped.
+
+    interleaved: the rollout's own episodes (``rollout.sft_episodes.sft_trajectory``), one per pair.
+    simulmask: one prefix-layout sequence per pair with its SimulMask reads, its source in
+    ``sft.source_slots`` reserved positions; a pair whose source needs more slots, or whose
+    source prefixes do not tokenize as prefixes of the whole, is skipped."""
+    from learner.batch import PrefixSegments, TrainTrajectory
+    from rollout.prefix_layout import PrefixPrompter
+    from rollout.sft_episodes import prefix_sequence, sft_trajectories
+
+    k = cfg.sft.lag_k
+    if cfg.sft.layout == "interleaved":
+        return sft_batch(sft_trajectories(factory, sources, k)).trajectories, 0
+    prompter, slots = PrefixPrompter(factory.tokenizer), cfg.sft.source_slots
+    out, skipped = [], 0
+    for src in sources:
+        try:
+            seq = prefix_sequence(factory, src, k, prompter)
+        except ValueError:
+            skipped += 1
+            continue
+        if seq.lengths["source"] > slots:
+            skipped += 1
+            continue
+        n, t = len(seq.token_ids), seq.lengths["target"]
+        out.append(TrainTrajectory(seq.token_ids, [0] * (n - t) + [1] * t, 0.0, [0.0] * n,
+                                   segments=PrefixSegments(**seq.lengths, source_slots=slots),
+                                   reads=tuple(seq.reads)))
+    return out, skipped
+
+
 def export_model(learners, base_dir: Path, out_dir: Path, note: dict[str, Any], timeout_s: float) -> Path:
     """``out_dir`` = the base model's config and tokenizer files + the trained weights, atomically.
 
@@ -92,15 +124,18 @@ class SftRun:
         self.log = MetricsLog(run_dir, tensorboard=cfg.sft.tensorboard)
 
     def start(self) -> None:
-        from rollout.sft_episodes import sft_trajectories
+        from learner.batch import TrainBatch
 
         cfg = self.cfg
         t0 = time.perf_counter()
         self.factory = episode_factory(cfg, self.model_path)
-        k = cfg.sft.lag_k
-        self.train_trajs = sft_trajectories(self.factory, to_sources(self.pairs, self.train_set), k)
+        self.train_trajs, self.skipped = sft_sequences(cfg, self.factory, to_sources(self.pairs, self.train_set))
+        if len(self.train_trajs) < cfg.learner.num_ranks:
+            raise UserInputError(f"sft.source_slots={cfg.sft.source_slots}: {self.skipped} of {len(self.pairs)} "
+                                 "training pairs do not fit the prefix layout; raise sft.source_slots")
         self.dev_sources = to_sources(self.dev_set.pairs, self.dev_set)
-        self.dev_batch = sft_batch(sft_trajectories(self.factory, self.dev_sources, k))
+        dev, self.dev_skipped = sft_sequences(cfg, self.factory, self.dev_sources)
+        self.dev_batch = TrainBatch(dev)
         self.build_s = time.perf_counter() - t0
         from orchestration.placement import build_plan, reserve
 
@@ -166,6 +201,8 @@ class SftRun:
     def epoch(self, epoch: int, bar) -> dict[str, float]:
         import ray
 
+        from learner.batch import TrainBatch
+
         order = list(range(len(self.train_trajs)))
         random.Random(self.cfg.run.seed + epoch).shuffle(order)
         size, n = self.cfg.sft.batch_size, len(self.learners)
@@ -174,7 +211,7 @@ class SftRun:
             idx = order[start:start + size]
             if len(idx) < n:      # too few sentences left to give every rank one
                 break
-            batch = sft_batch([self.train_trajs[i] for i in idx])
+            batch = TrainBatch([self.train_trajs[i] for i in idx])
             shards = batch.split(n)
             m = ray.get([lw.sft_step.remote(s, batch.counts()["tokens"]) for lw, s in zip(self.learners, shards)],
                         timeout=self.cfg.ray.call_timeout_s)[0]
@@ -203,7 +240,9 @@ class SftRun:
             return None
         return export_model(self.learners, Path(self.model_path), self.run_dir / SFT_MODEL_DIR,
                             {"base_model": self.model_path, "sft_run": str(self.run_dir), "epoch": epoch,
-                             "lora_merged": self.cfg.learner.lora.enabled}, timeout)
+                             "lora_merged": self.cfg.learner.lora.enabled, "layout": self.cfg.sft.layout,
+                             "source_slots": self.cfg.sft.source_slots if self.cfg.sft.layout == "simulmask"
+                             else None}, timeout)
 
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
@@ -251,8 +290,10 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         run.start()
-        print(f"{len(run.train_trajs)} training episodes, {len(run.dev_batch)} dev episodes "
-              f"(built in {run.build_s:.1f} s)")
+        print(f"{len(run.train_trajs)} training sequences, {len(run.dev_batch)} dev sequences "
+              f"({cfg.sft.layout} layout; built in {run.build_s:.1f} s"
+              + (f"; skipped {run.skipped} training, {run.dev_skipped} dev pairs" if run.skipped or run.dev_skipped
+                 else "") + ")")
         history = run.run()
     finally:
         run.close()

@@ -132,12 +132,13 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
     from orchestration.eval import command as eval_cmd
 
     cfg = _config(tmp_path, tiny_model_dir, data_dir, "hf", """    - {type: waitk, k: [1, 3]}
+    - {type: waitk, k: 2, positions: expost, source_slots: 64}
     - {type: lsg, delta: 0.00002, alpha: 0.0037, levels: [[1, 3]], distribution: exact}
     - {type: learned, chunk_size: 2}
     - {type: offline}""")
     assert launch.main(["eval", "--config", cfg]) == 0
     run = tmp_path / "run"
-    names = ["waitk-k1", "waitk-k3", "lsg-L1-U3-exact", "learned-base-m2", "offline"]
+    names = ["waitk-k1", "waitk-k3", "waitk-k2-expost", "lsg-L1-U3-exact", "learned-base-m2", "offline"]
     checked: list[str] = []
     checked_omni: list[str] = []
     assert (run / "curves.png").stat().st_size > 1000 and (run / "config.yaml").is_file()
@@ -172,7 +173,7 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
             checked_omni.append(name)
         checked.append(name)
         if name.startswith("waitk"):
-            k = int(name[-1])
+            k = int(name.split("-")[1][1:])
             for r in rows:
                 assert r["delays"] == [min(k + i, r["source_length"]) for i in range(len(r["delays"]))]
     assert checked == names   # every setting went through the simuleval oracle
@@ -211,3 +212,13 @@ def test_eval_on_vllm(tmp_path, tiny_model_dir, data_dir, ray_local):
     for r in map(json.loads, (run / "settings" / "waitk-k2" / "instances.jsonl").read_text().splitlines()):
         assert r["delays"] == [min(2 + i, r["source_length"]) for i in range(len(r["delays"]))]
     assert (run / "curves.png").is_file()
+
+
+def test_expost_positions_need_their_slots(tmp_path, tiny_model_dir, data_dir, capsys):
+    """positions: expost takes source_slots from the setting or the model's sft_provenance.json."""
+    cfg = _config(tmp_path, tiny_model_dir, data_dir, "hf", "    - {type: waitk, k: 2, positions: expost}")
+    assert launch.main(["eval", "--config", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "waitk-k2-expost: positions=expost needs source_slots" in err and "sft_provenance.json" in err
+    assert launch.main(["eval", "--config", cfg, "eval.settings=[{type: lsg, positions: expost}]"]) == 2
+    assert "eval.settings.0.positions: unknown key" in capsys.readouterr().err

@@ -69,16 +69,46 @@ def test_init_from_names_the_sft_model_directory(tmp_path):
     assert policy_path(cfg) == str((tmp_path / "model").resolve())
 
 
-@pytest.mark.slow
-def test_sft_run_lowers_dev_loss_and_writes_a_model_train_accepts(tiny_model_dir, tmp_path, capsys):
+def test_simulmask_layout_has_no_interleaved_dev_rollouts(capsys):
+    assert load_config(None, ["sft.layout=simulmask"], schema=SftRootConfig).sft.eval_rollouts is False
+    assert load_config(None, schema=SftRootConfig).sft.eval_rollouts is True
+    assert launch.main(["sft", "sft.layout=simulmask", "sft.eval_rollouts=true"]) == 2
+    assert "sft.eval_rollouts=true: the dev rollouts use the interleaved layout" in capsys.readouterr().err
+
+
+def _tiny_sft(tiny_model_dir: Path, tmp_path: Path, *extra: str) -> Path:
     data = build_tiny_data(tmp_path / "data")
     run = tmp_path / "run"
-    rc = launch.main(["sft", f"model.path={tiny_model_dir}", "model.dtype=float32", f"data.dir={data}",
-                      f"run.dir={run}", "learner.dtype=float32", "learner.lr=0.05", "learner.torch_threads=1",
-                      "learner.num_cpus_per_rank=0", "ray.num_cpus=2", "sft.tensorboard=false",
-                      "sft.epochs=3", "sft.batch_size=4", "sft.dev_size=4", "sft.min_source_units=4",
-                      "sft.eval_rollouts=false", "rollout.episode.chunk_size=3"])
-    assert rc == 0
+    assert launch.main(["sft", f"model.path={tiny_model_dir}", "model.dtype=float32", f"data.dir={data}",
+                        f"run.dir={run}", "learner.dtype=float32", "learner.lr=0.05", "learner.torch_threads=1",
+                        "learner.num_cpus_per_rank=0", "ray.num_cpus=2", "sft.tensorboard=false",
+                        "sft.epochs=3", "sft.batch_size=4", "sft.dev_size=4", "sft.min_source_units=4",
+                        "sft.eval_rollouts=false", "rollout.episode.chunk_size=3", *extra]) == 0
+    return run
+
+
+@pytest.mark.slow
+def test_simulmask_sft_run_exports_a_model_with_its_source_slots(tiny_model_dir, tmp_path, capsys):
+    """sft.layout=simulmask trains one prefix-layout pass per pair through the DeepSpeed learner
+    (its loss falling is tests/learner/test_sft_step.py's) and records the source slots that
+    ExPosST inference must use."""
+    run = _tiny_sft(tiny_model_dir, tmp_path, "sft.layout=simulmask", "sft.source_slots=96")
+    assert "(simulmask layout" in capsys.readouterr().out
+    note = json.loads((run / "model" / "sft_provenance.json").read_text())
+    assert note["layout"] == "simulmask" and note["source_slots"] == 96
+    history = json.loads((run / "summary.json").read_text())["history"]
+    assert history["train-epoch-3"]["steps"] >= 2 and history["epoch-3"]["loss"] != history["before"]["loss"]
+    from orchestration.eval.config import expost_slots
+
+    assert expost_slots(run / "model") == 96
+
+
+@pytest.mark.slow
+def test_sft_run_lowers_dev_loss_and_writes_a_model_train_accepts(tiny_model_dir, tmp_path, capsys):
+    run = _tiny_sft(tiny_model_dir, tmp_path)
+    assert json.loads((run / "model" / "sft_provenance.json").read_text())["layout"] == "interleaved"
+    out = capsys.readouterr().out
+    assert "(interleaved layout" in out and "model.init_from=" in out
     summary = json.loads((run / "summary.json").read_text())["history"]
     assert summary["epoch-3"]["loss"] < summary["before"]["loss"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-3"
@@ -93,4 +123,3 @@ def test_sft_run_lowers_dev_loss_and_writes_a_model_train_accepts(tiny_model_dir
     assert moved and all("q_proj" in n or "v_proj" in n for n in moved)   # the merged LoRA targets only
     cfg = load_config(None, [f"model.init_from={run}"])
     assert policy_path(cfg) == str(model_dir.resolve())
-    assert "model.init_from=" in capsys.readouterr().out
