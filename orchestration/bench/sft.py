@@ -90,9 +90,14 @@ def _arm(cfg: SftRootConfig, model: str, label: str, train: list[list], dev: lis
 
     from learner.batch import TrainBatch
 
+    from orchestration.placement import build_plan, reserve
+
     timeout = cfg.ray.call_timeout_s
-    learners = build_learners(cfg.model_copy(
-        update={"model": cfg.model.model_copy(update={"path": model, "init_from": None})}))
+    root = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model, "init_from": None})})
+    plan = build_plan(root)
+    plan.groups = [g for g in plan.groups if g.name in {s.group for s in plan.learner}]
+    placement = reserve(plan, cfg.ray.start_timeout_s)     # released after the arm, for the next one
+    learners = build_learners(root, placement, plan)
     try:
         dev_seqs = [x for seqs in dev for x in seqs]
         before = _dev_loss(learners, dev_seqs, timeout)
@@ -101,6 +106,9 @@ def _arm(cfg: SftRootConfig, model: str, label: str, train: list[list], dev: lis
         return run
     finally:
         ray.get([lw.shutdown.remote() for lw in learners], timeout=120)
+        for lw in learners:
+            ray.kill(lw)
+        placement.remove()
 
 
 def run_bench(cfg: SftRootConfig, out_dir: Path) -> dict[str, Any]:
