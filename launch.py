@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-unit", choices=["word", "char"], default="word",
                    help="unit of delays and lengths: word (whitespace) or char (Chinese)")
     p.add_argument("--per-instance", action="store_true", help="add per-instance latency scores")
+    p.add_argument("--against", metavar="BASE", default=None,
+                   help="instances of the same sentences to compare with: paired 95%% intervals of the differences")
     p.set_defaults(handler="orchestration.eval.score:main")
 
     p = sub.add_parser("bench", help="measure speed or metric quality; writes DIR/bench_<kind>.json")

@@ -22,6 +22,12 @@ the instance has a reference, else the hypothesis length; empty predictions are 
 the means and counted in ``skipped_empty``. BLEU and chrF appear only when every instance has
 a reference (BLEU with sacrebleu's ``zh`` tokenizer for the char unit, else ``13a``).
 Every malformed line raises :class:`UserInputError` naming ``FILE:LINE``: exit status 2.
+
+``--against BASE`` compares the instances with another file of the same sentences (matched by
+``index``; every index in both): the output gains ``paired``, per metric (sentence chrF with
+references, AL, LAAL, YAAL, length ratio hypothesis/reference units) the mean of both files,
+the difference (instances − BASE) and its paired bootstrap 95% interval over the sentences
+(:mod:`orchestration.eval.paired_ci`; an empty prediction's latency is left out of its pair).
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ from orchestration.errors import UserInputError
 from orchestration.runtime import read_lines
 from reward.latency import METRICS, LatencyScores, corpus_latency, score_instance, shortform_degeneracy
 from reward.text_metrics import (
-    Unit, bleu_tokenizer, corpus_bleu, corpus_chrf, count_units, reference_length)
+    Unit, bleu_tokenizer, corpus_bleu, corpus_chrf, count_units, reference_length, sentence_chrf)
 
 
 @dataclass(frozen=True)
@@ -166,9 +172,45 @@ def summarize(instances: list[ScoredInstance], unit: Unit,
     return result
 
 
+PAIRED_METRICS = ("chrF", "AL", "LAAL", "YAAL", "length_ratio")
+
+
+def _sentence_metrics(ins: ScoredInstance, unit: Unit) -> dict[str, float | None]:
+    ref_len = ins.reference_length
+    out: dict[str, float | None] = {m: (getattr(ins.scores, m) if ins.scores else None) for m in ("AL", "LAAL", "YAAL")}
+    out["chrF"] = sentence_chrf(ins.prediction, ins.reference) if ins.reference is not None else None
+    out["length_ratio"] = len(ins.delays) / ref_len if ref_len else None
+    return out
+
+
+def paired_against(instances: list[ScoredInstance], base: list[ScoredInstance], unit: Unit,
+                   where: str, seed: int = 0) -> dict[str, Any]:
+    """Per metric: both means over the paired sentences, the difference and its 95% interval."""
+    from orchestration.eval.paired_ci import paired_bootstrap_ci
+
+    ours, theirs = {i.index: i for i in instances}, {i.index: i for i in base}
+    if set(ours) != set(theirs):
+        only = sorted(set(ours) ^ set(theirs))[:5]
+        raise UserInputError(f"--against {where}: the two files hold different sentences (index {only} "
+                             "is in one only); compare runs over the same test lines")
+    order = sorted(ours)
+    a = [_sentence_metrics(ours[i], unit) for i in order]
+    b = [_sentence_metrics(theirs[i], unit) for i in order]
+    out = {}
+    for m in PAIRED_METRICS:
+        if all(row[m] is None for row in a + b):
+            continue
+        out[m] = paired_bootstrap_ci([row[m] for row in b], [row[m] for row in a], seed=seed).as_dict()
+    return out
+
+
 def main(args: argparse.Namespace) -> int:
     unit: Unit = args.latency_unit
     instances = read_instances(Path(args.instances), unit)
+    base = read_instances(Path(args.against), unit) if getattr(args, "against", None) else None
     result = summarize(instances, unit, per_instance=bool(args.per_instance))
+    if base is not None:
+        result["paired"] = paired_against(instances, base, unit, args.against)
+        result["paired_against"] = args.against
     sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
     return 0

@@ -170,3 +170,24 @@ def test_cli_exit_2_on_bad_line_and_missing_file(tmp_path):
     proc = run_cli("--instances", tmp_path / "nope.jsonl", "--latency-unit", "char")
     assert proc.returncode == 2 and proc.stdout == ""
     assert "nope.jsonl: instances file not found" in proc.stderr
+
+
+def test_against_gives_paired_intervals_over_the_same_sentences(tmp_path):
+    """--against: per-sentence differences (instances - base) matched by index, with the paired
+    interval; the empty prediction's latency is left out of its pair, its chrF is not."""
+    later = [dict(i, delays=[min(d + 1, i["source_length"]) for d in i["delays"]]) for i in WORD_INSTANCES]
+    shuffled = list(reversed(later))                  # matched by index, not by line
+    base, ours = write(tmp_path / "base.jsonl", WORD_INSTANCES), write(tmp_path / "ours.jsonl", shuffled)
+    proc = run_cli("--instances", ours, "--against", base)
+    assert proc.returncode == 0, proc.stderr
+    paired = json.loads(proc.stdout)["paired"]
+    assert set(paired) == {"chrF", "AL", "LAAL", "YAAL", "length_ratio"}
+    assert paired["AL"]["n"] == 4 and paired["chrF"]["n"] == 5
+    assert paired["chrF"]["diff"] == 0 and paired["length_ratio"]["diff"] == 0   # same words
+    want = [sum(min(d + 1, i["source_length"]) - d for d in i["delays"]) for i in WORD_INSTANCES if i["delays"]]
+    assert paired["AL"]["diff"] > 0 and paired["AL"]["low"] <= paired["AL"]["diff"] <= paired["AL"]["high"]
+    assert len(want) == paired["AL"]["n"]
+    # two files of different sentences: one clear message, exit 2
+    write(tmp_path / "fewer.jsonl", WORD_INSTANCES[:3])
+    proc = run_cli("--instances", ours, "--against", tmp_path / "fewer.jsonl")
+    assert proc.returncode == 2 and "--against" in proc.stderr and "different sentences" in proc.stderr
