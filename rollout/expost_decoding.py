@@ -50,15 +50,9 @@ class ExPosSTPrompter(PrefixPrompter):
         self._reads: dict[tuple[int, int], int] = {}
 
     def read_tokens(self, source: Source, read: int) -> int:
-        """Source tokens of the first ``read`` units (a prefix of the whole source's tokens)."""
-        key = (source.index, read)
+        key = (source.index, read)      # asked again at every call of the sentence: cached
         if key not in self._reads:
-            whole = self.parts(source)["source"]
-            ids = self.encode(self.source_prefix(source, read)) if read else []
-            if ids != whole[:len(ids)]:
-                raise ValueError(f"source {source.index}: its first {read} units do not encode to a prefix "
-                                 "of the whole source's tokens; ExPosST slots need a clean prefix")
-            self._reads[key] = len(ids)
+            self._reads[key] = super().read_tokens(source, read)
         return self._reads[key]
 
     def parts(self, source: Source) -> dict[str, list[int]]:
@@ -87,28 +81,13 @@ class ExPosSTBackend:
     ``source_slots`` must be what the model was trained with (``sft.source_slots``); a source
     with more tokens than slots is refused."""
 
-    def __init__(self, model_path: str, source_slots: int, dtype: str = "float32"):
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-        if dtype not in dtypes:
-            raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
-        if source_slots < 1:
-            raise ValueError(f"source_slots must be >= 1, got {source_slots}")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        # eager attention: explicit [q, past + q] masks over a cache in feeding order
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtypes[dtype], attn_implementation="eager")
-        self._setup(model.eval(), AutoTokenizer.from_pretrained(model_path), source_slots)
-
-    @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, source_slots: int) -> "ExPosSTBackend":
-        """A backend on a model already loaded (with an attention that takes 4-D masks)."""
-        self = cls.__new__(cls)
-        self._setup(model, tokenizer, source_slots)
-        return self
-
-    def _setup(self, model: Any, tokenizer: Any, source_slots: int) -> None:
+    def __init__(self, model: Any, tokenizer: Any, source_slots: int):
+        """``model``: a transformers causal LM whose attention takes explicit 4-D masks over a
+        cache (``attn_implementation="eager"``)."""
         from rollout.episode import hf_codec
 
+        if source_slots < 1:
+            raise ValueError(f"source_slots must be >= 1, got {source_slots}")
         self.model, self.tokenizer, self.source_slots = model, tokenizer, source_slots
         self.stop_ids = sorted({int(i) for i in tokenizer.all_special_ids} | {hf_codec(tokenizer)[2]})
         self.min_value = torch.finfo(model.dtype).min

@@ -106,6 +106,17 @@ class PrefixPrompter:
         """The first ``read`` units of the source, as the prompt holds them."""
         return chunk_source(source.text, unit_of(source.src_lang), read)[0] if read > 0 else ""
 
+    def read_tokens(self, source: Source, read: int) -> int:
+        """Source tokens of the first ``read`` units: their encoding, which must be a prefix of the
+        whole source's tokens (``ValueError`` when the tokenizer merges across that word boundary:
+        then no read count in tokens is exact)."""
+        whole = self.encode(source.text)
+        ids = self.encode(self.source_prefix(source, read)) if read else []
+        if ids != whole[:len(ids)]:
+            raise ValueError(f"source {source.index}: its first {read} units do not encode to a prefix "
+                             "of the whole source's tokens")
+        return len(ids)
+
     def segments(self, source: Source, target_ids: Sequence[int]) -> dict[str, list[int]]:
         """The layout of the whole source as its four token segments, the ones the learner's
         ``learner.simulmask.PrefixSegments`` counts: ``prompt`` (system turn, user header),

@@ -72,6 +72,26 @@ def sft_trajectories(factory: EpisodeFactory, sources: Sequence[Source], lag_k: 
     return [sft_trajectory(factory, s, lag_k) for s in sources]
 
 
+def _prefix_writes(factory: EpisodeFactory, source: Source, lag_k: int) -> list[tuple[int, str, str, bool]]:
+    """Every non-empty piece of the pair as a prefix-layout write, in order: (source units read,
+    the translation written before it, its text with the glue before it, whether it is the last)."""
+    if source.reference is None:
+        raise ValueError(f"source {source.index} has no reference")
+    src_unit, tgt_unit = unit_of(source.src_lang), unit_of(source.tgt_lang)
+    chunk_size = factory.chunk_size(source.src_lang)
+    source_length = count_units(source.text, src_unit)
+    pieces = reference_pieces(source.text, source.reference, src_unit, tgt_unit, chunk_size, lag_k)
+    glue = "" if tgt_unit == "char" else " "
+    out, written = [], ""
+    for t, piece in enumerate(pieces, start=1):
+        if not piece:
+            continue
+        text = (glue if written else "") + piece
+        out.append((min(t * chunk_size, source_length), written, text, t == len(pieces)))
+        written += text
+    return out
+
+
 def prefix_samples(factory: EpisodeFactory, source: Source, lag_k: int,
                    prompter: PrefixPrompter | None = None) -> list[tuple[list[int], list[int]]]:
     """Prefix-layout samples of one pair, one per write: ``(token_ids, action_mask)``.
@@ -79,24 +99,12 @@ def prefix_samples(factory: EpisodeFactory, source: Source, lag_k: int,
     Sample t is ``prompter.prompt`` with the source read after step t and the translation so far,
     then piece t; loss on piece t only (plus the end of turn on the last write).
     """
-    if source.reference is None:
-        raise ValueError(f"source {source.index} has no reference")
     prompter = prompter or PrefixPrompter(factory.tokenizer)
-    src_unit, tgt_unit = unit_of(source.src_lang), unit_of(source.tgt_lang)
-    chunk_size = factory.chunk_size(source.src_lang)
-    source_length = count_units(source.text, src_unit)
-    pieces = reference_pieces(source.text, source.reference, src_unit, tgt_unit, chunk_size, lag_k)
-    tglue = "" if tgt_unit == "char" else " "
-    samples, written = [], ""
-    for t, piece in enumerate(pieces, start=1):
-        if not piece:
-            continue
-        last = t == len(pieces)
-        context = prompter.prompt(source, min(t * chunk_size, source_length),
-                                  factory.encode(written) if written else [])
-        action = factory.encode((tglue if written else "") + piece) + ([factory.end_of_turn_id] if last else [])
+    samples = []
+    for read, written, text, last in _prefix_writes(factory, source, lag_k):
+        context = prompter.prompt(source, read, factory.encode(written) if written else [])
+        action = factory.encode(text) + ([factory.end_of_turn_id] if last else [])
         samples.append((context + action, [0] * len(context) + [1] * len(action)))
-        written += (tglue if written else "") + piece
     return samples
 
 
@@ -119,34 +127,14 @@ def prefix_sequence(factory: EpisodeFactory, source: Source, lag_k: int,
     encoding of that source prefix, which must be a prefix of the whole source's encoding (else
     ``ValueError``: the tokenizer merges across a word boundary, and no read count is exact).
     The end-of-turn token closes the target, written with the whole source read."""
-    if source.reference is None:
-        raise ValueError(f"source {source.index} has no reference")
     prompter = prompter or PrefixPrompter(factory.tokenizer)
-    src_unit, tgt_unit = unit_of(source.src_lang), unit_of(source.tgt_lang)
-    chunk_size = factory.chunk_size(source.src_lang)
-    source_length = count_units(source.text, src_unit)
-    pieces = reference_pieces(source.text, source.reference, src_unit, tgt_unit, chunk_size, lag_k)
     parts = prompter.segments(source, [])
-    source_ids = parts["source"]
-    tglue = "" if tgt_unit == "char" else " "
-
-    def read_tokens(units: int) -> int:
-        ids = factory.encode(prompter.source_prefix(source, units)) if units else []
-        if ids != source_ids[:len(ids)]:
-            raise ValueError(f"source {source.index}: the first {units} source units do not encode "
-                             "to a prefix of the whole source's tokens")
-        return len(ids)
-
-    target, reads, written = [], [], False
-    for t, piece in enumerate(pieces, start=1):
-        if not piece:
-            continue
-        ids = factory.encode((tglue if written else "") + piece)
+    target, reads = [], []
+    for read, _, text, _ in _prefix_writes(factory, source, lag_k):
+        ids = factory.encode(text)
         target += ids
-        reads += [read_tokens(min(t * chunk_size, source_length))] * len(ids)
-        written = True
+        reads += [prompter.read_tokens(source, read)] * len(ids)
     target.append(factory.end_of_turn_id)
-    reads.append(len(source_ids))
-    lengths = {"prompt": len(parts["prompt"]), "source": len(source_ids), "middle": len(parts["middle"]),
-               "target": len(target)}
-    return PrefixSequence(parts["prompt"] + source_ids + parts["middle"] + target, lengths, reads)
+    reads.append(len(parts["source"]))
+    lengths = {k: len(v) for k, v in parts.items() if k != "target"} | {"target": len(target)}
+    return PrefixSequence(parts["prompt"] + parts["source"] + parts["middle"] + target, lengths, reads)

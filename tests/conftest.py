@@ -20,6 +20,21 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def sharp_tiny_model(tiny_model_dir):
+    """The tiny model in fp32 with eager attention, its q/k sharpened so positions and masks matter
+    (a random init attends almost uniformly, position-blind). Read-only: tests must not train it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.self_attn.q_proj.weight.mul_(25.0)
+            layer.self_attn.k_proj.weight.mul_(25.0)
+    return m.eval()
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local 2-CPU Ray instance for the whole session (reused if one is running)."""
     import os

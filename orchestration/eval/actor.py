@@ -123,7 +123,7 @@ class EvalWorker:
             from rollout.expost_decoding import ExPosSTBackend, ExPosSTPrompter
 
             slots = params["source_slots"] or expost_slots(Path(self.model_dir))
-            backend = ExPosSTBackend.from_model(self.hf_model, self.tokenizer, slots)
+            backend = ExPosSTBackend(self.hf_model, self.tokenizer, slots)
             prompter = ExPosSTPrompter(self.tokenizer, ev.system_prompt)
         for start in range(0, len(sources), ev.batch_size):
             if backend is not self.backend:

@@ -18,15 +18,8 @@ SLOTS = 64
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
-    with torch.no_grad():
-        for layer in m.model.layers:
-            layer.self_attn.q_proj.weight.mul_(25.0)
-            layer.self_attn.k_proj.weight.mul_(25.0)
-    return m.eval()
+def model(sharp_tiny_model):
+    return sharp_tiny_model
 
 
 class Recording:
@@ -44,7 +37,7 @@ class Recording:
 @pytest.mark.parametrize("k", [1, 3])
 def test_waitk_with_a_kv_cache_equals_one_pass_simulmask_scoring(model, tiny_tokenizer, k):
     prompter = ExPosSTPrompter(tiny_tokenizer)
-    backend = ExPosSTBackend.from_model(model, tiny_tokenizer, SLOTS)
+    backend = ExPosSTBackend(model, tiny_tokenizer, SLOTS)
     rec = Recording(backend)
     sources = [Source(i, s, "de", "en") for i, s in enumerate(SOURCES)]
     dec = PrefixDecoder(rec, prompter, WaitKPolicy(k), sources, max_tokens_per_unit=4, max_new_tokens_final=12)
@@ -81,7 +74,7 @@ def test_waitk_with_a_kv_cache_equals_one_pass_simulmask_scoring(model, tiny_tok
 
 def test_a_source_longer_than_its_slots_and_sampling_are_refused(model, tiny_tokenizer):
     prompter = ExPosSTPrompter(tiny_tokenizer)
-    backend = ExPosSTBackend.from_model(model, tiny_tokenizer, 4)
+    backend = ExPosSTBackend(model, tiny_tokenizer, 4)
     prompt = prompter.prompt(Source(0, SOURCES[0], "de", "en"), 10, [])
     assert isinstance(prompt, SegmentedPrompt) and prompt.read == len(prompt.source)
     with pytest.raises(ValueError, match="source_slots=4"):
