@@ -28,6 +28,8 @@ Every malformed line raises :class:`UserInputError` naming ``FILE:LINE``: exit s
 references, AL, LAAL, YAAL, length ratio hypothesis/reference units) the mean of both files,
 the difference (instances − BASE) and its paired bootstrap 95% interval over the sentences
 (:mod:`orchestration.eval.paired_ci`; an empty prediction's latency is left out of its pair).
+Files whose every line carries ``reward``, ``quality`` or ``wait_share`` (the dev instances of
+``train`` and ``sft``) are paired on those numbers as well: two training runs compare on one dev set.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class ScoredInstance:
     source_length: float = 0
     reference_length: int | None = None
     has_elapsed: bool = False
+    recorded: dict[str, float] | None = None   # RECORDED_METRICS the line carries (train's dev instances)
 
 
 def _is_number(value: Any) -> bool:
@@ -127,10 +130,11 @@ def _parse_line(text: str, where: str, position: int, unit: Unit) -> ScoredInsta
         raise UserInputError(f"{where}: 'elapsed' must be a list of finite numbers, one per delay "
                              f"({len(delays)})")
 
+    recorded = {k: float(info[k]) for k in RECORDED_METRICS if _is_number(info.get(k))}
     return ScoredInstance(index=index, prediction=prediction, reference=reference,
                           scores=score_instance(delays, source_length, ref_len, elapsed),
                           delays=tuple(delays), source_length=source_length,
-                          reference_length=ref_len, has_elapsed=elapsed is not None)
+                          reference_length=ref_len, has_elapsed=elapsed is not None, recorded=recorded)
 
 
 def read_instances(path: Path, unit: Unit) -> list[ScoredInstance]:
@@ -173,6 +177,10 @@ def summarize(instances: list[ScoredInstance], unit: Unit,
 
 
 PAIRED_METRICS = ("chrF", "AL", "LAAL", "YAAL", "length_ratio")
+# per-sentence numbers a line may carry from the run that wrote it (train's and sft's dev
+# instances: the dev reward, the reward scorer's quality, the wait share): paired as they are
+# when every line of both files has them
+RECORDED_METRICS = ("reward", "quality", "wait_share")
 
 
 def _sentence_metrics(ins: ScoredInstance, unit: Unit) -> dict[str, float | None]:
@@ -201,6 +209,10 @@ def paired_against(instances: list[ScoredInstance], base: list[ScoredInstance], 
         if all(row[m] is None for row in a + b):
             continue
         out[m] = paired_bootstrap_ci([row[m] for row in b], [row[m] for row in a], seed=seed).as_dict()
+    for m in RECORDED_METRICS:
+        if all(m in (i.recorded or {}) for i in instances + base):
+            out[m] = paired_bootstrap_ci([theirs[i].recorded[m] for i in order],
+                                         [ours[i].recorded[m] for i in order], seed=seed).as_dict()
     return out
 
 

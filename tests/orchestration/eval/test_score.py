@@ -191,3 +191,21 @@ def test_against_gives_paired_intervals_over_the_same_sentences(tmp_path):
     write(tmp_path / "fewer.jsonl", WORD_INSTANCES[:3])
     proc = run_cli("--instances", ours, "--against", tmp_path / "fewer.jsonl")
     assert proc.returncode == 2 and "--against" in proc.stderr and "different sentences" in proc.stderr
+
+
+def test_against_pairs_the_dev_reward_the_instances_carry(tmp_path):
+    """Train's dev instances carry each sentence's reward and quality: --against pairs those numbers
+    as recorded (two runs on one dev set), and only when every line of both files has them."""
+    base = [dict(i, reward=0.1 * n, quality=40.0) for n, i in enumerate(WORD_INSTANCES)]
+    ours = [dict(i, reward=0.1 * n + (0.3 if n % 2 else 0.1), quality=41.0) for n, i in enumerate(WORD_INSTANCES)]
+    proc = run_cli("--instances", write(tmp_path / "ours.jsonl", ours), "--against", write(tmp_path / "base.jsonl", base))
+    assert proc.returncode == 0, proc.stderr
+    paired = json.loads(proc.stdout)["paired"]
+    gains = [o["reward"] - b["reward"] for o, b in zip(ours, base)]
+    assert paired["reward"]["n"] == len(WORD_INSTANCES)
+    assert paired["reward"]["diff"] == pytest.approx(sum(gains) / len(gains))
+    assert 0.1 - 1e-9 <= paired["reward"]["low"] <= paired["reward"]["high"] <= 0.3 + 1e-9
+    assert paired["quality"]["diff"] == pytest.approx(1.0) and "wait_share" not in paired
+    ours[2].pop("reward")                              # one line without it: no reward pair
+    proc = run_cli("--instances", write(tmp_path / "ours2.jsonl", ours), "--against", tmp_path / "base.jsonl")
+    assert "reward" not in json.loads(proc.stdout)["paired"]
