@@ -30,12 +30,9 @@ def _local(path: str) -> Path:
 
 def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
     """Model and checkpoint paths exist (a hub id is allowed for the model)."""
-    model = _local(cfg.model.path)
-    if model.exists() and not (model / "config.json").is_file():
-        raise UserInputError(f"model.path={cfg.model.path}: {model} has no config.json")
-    if not model.exists() and (Path(cfg.model.path).is_absolute() or cfg.model.path.startswith((".", "models/"))):
-        raise UserInputError(f"model.path={cfg.model.path}: {model} does not exist; `make setup` prepares the "
-                             "CPU demo model, or pass a Hugging Face id or another directory")
+    from orchestration.model_path import check_model_path
+
+    check_model_path(cfg.model.path)
     for s in settings:
         if s.backend == "expost" and s.params["source_slots"] is None and \
                 expost_slots(_local(cfg.model.path)) is None:

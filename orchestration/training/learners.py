@@ -32,20 +32,9 @@ def policy_path(cfg: RootConfig) -> str:
 
 def check_model(cfg: RootConfig) -> None:
     """A local model path must be a HF model directory; anything else is taken as a hub id."""
-    from pathlib import Path
+    from orchestration.model_path import check_model_path
 
-    from orchestration.config_loader import REPO_ROOT
-    from orchestration.errors import UserInputError
-
-    path = Path(cfg.model.path)
-    local = path if path.is_absolute() else REPO_ROOT / path
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise UserInputError(f"model.path={cfg.model.path}: {local} has no config.json; "
-                                 "point it at a Hugging Face model directory")
-    elif path.is_absolute() or cfg.model.path.startswith((".", "models/")):
-        raise UserInputError(f"model.path={cfg.model.path}: {local} does not exist; `make setup` prepares the "
-                             "CPU demo model there, or pass a Hugging Face id or another directory")
+    check_model_path(cfg.model.path)
     policy_path(cfg)   # model.init_from must name a finished SFT run
 
 
