@@ -31,6 +31,7 @@ COMMANDS = {
     "sft/demo-deen-simulmask.yaml": "sft",
     "eval/newstest2015-deen-cpu.yaml": "eval",
     "eval/heldout-deen-cpu.yaml": "eval",
+    "eval/heldout-deen-1.5b-cpu.yaml": "eval",
     "eval/simulmask-deen-cpu.yaml": "eval",
     "eval/lsg-paper-levels.yaml": "eval",
     "eval/checkpoints.yaml": "eval",
