@@ -32,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestration.config_loader import REPO_ROOT, ConfigError, read_yaml, load_config
 from orchestration.runtime import write_json_atomic
 
-TABLE_KEYS = ("reward", "quality", "AL", "LAAL", "wait_share")
+# length ratio (hypothesis/reference): over-generation shows here, and it pulls AL down
+TABLE_KEYS = ("reward", "quality", "AL", "LAAL", "wait_share", "length_ratio")
 
 
 class SweepRun(BaseModel):
