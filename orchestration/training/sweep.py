@@ -190,12 +190,15 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         if r["AL_after"] is None:
             continue
-        ax.scatter([r["AL_after"]], [r["quality_after"]])
+        # bars: the paired 95% interval of the change (after - before), drawn around the after point
+        err = [[[r[f"{k}_diff"] - r[f"{k}_ci"][0]], [r[f"{k}_ci"][1] - r[f"{k}_diff"]]] if r[f"{k}_ci"] else None
+               for k in ("AL", "quality")]
+        ax.errorbar([r["AL_after"]], [r["quality_after"]], xerr=err[0], yerr=err[1], fmt="o", capsize=3)
         ax.annotate(r["run"], (r["AL_after"], r["quality_after"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
     ax.set_xlabel("dev AL after training (target units)")
     ax.set_ylabel("dev quality after training")
-    ax.set_title("sweep: each run after training")
+    ax.set_title("sweep: each run after training (bars: 95% interval of the change)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save_figure_atomic(fig, path)
