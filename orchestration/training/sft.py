@@ -24,6 +24,7 @@ from orchestration.errors import UserInputError
 from orchestration.metrics_log import MetricsLog
 from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.training.dev_eval import evaluate_dev
+from orchestration.training.dev_instances import compare_dev, paired_table, write_instances
 from orchestration.training.learners import SFT_MODEL_DIR, build_learners, policy_path, sync_names
 from orchestration.training.sft_config import SftRootConfig
 from orchestration.training.trajectories import to_sources
@@ -180,20 +181,22 @@ class SftRun:
                       timeout=self.cfg.ray.call_timeout_s)
         return out[0]["loss"]
 
-    def dev_rollouts(self, version: int) -> dict[str, float]:
+    def dev_rollouts(self, tag: str, version: int) -> dict[str, float]:
         """Greedy interleaved rollouts on dev with the current weights: the dev evaluation of
         ``train`` (quality, AL, LAAL, waits and the dev reward), so the two compare."""
         t0 = time.perf_counter()
         if version > 0:
             self.weights.push(version)
-        res = evaluate_dev(self.pool, self.reward, self.dev_set, self.cfg.reward.lam).as_dict()
+        dev = evaluate_dev(self.pool, self.reward, self.dev_set, self.cfg.reward.lam)
+        write_instances(self.run_dir, tag, dev.instances)   # per sentence, for the paired intervals
+        res = dev.as_dict()
         return {k: v for k, v in res.items() if k != "scorer"} | {"seconds": time.perf_counter() - t0}
 
     def evaluate(self, tag: str, version: int) -> dict[str, float]:
         t0 = time.perf_counter()
         res: dict[str, float] = {"loss": self.dev_loss(), "loss_seconds": time.perf_counter() - t0}
         if self.pool is not None:
-            res.update(self.dev_rollouts(version))
+            res.update(self.dev_rollouts(tag, version))
         self.history[tag] = res
         self.log.log(self.step, {f"dev/{k}": v for k, v in res.items()})
         return res
@@ -297,12 +300,16 @@ def main(args: argparse.Namespace) -> int:
         history = run.run()
     finally:
         run.close()
-    before, after = history["before"], history[f"epoch-{cfg.sft.epochs}"]
+    last = f"epoch-{cfg.sft.epochs}"
+    before, after = history["before"], history[last]
+    # greedy dev rollouts before and after, paired by sentence (None without dev rollouts)
+    paired = compare_dev(run_dir, "before", last, seed=cfg.run.seed)
     write_json_atomic(run_dir / "summary.json", {"history": history, "steps": run.step,
-                                                 "seconds": time.perf_counter() - t0})
-    for key in ("loss", "quality", "AL", "reward", "wait_share"):
-        if key in before:
-            print(f"dev {key:10} {before[key]:10.4f} -> {after[key]:10.4f}")
+                                                 "seconds": time.perf_counter() - t0,
+                                                 "paired": {k: v.as_dict() for k, v in (paired or {}).items()}})
+    print(f"dev loss   {before['loss']:10.4f} -> {after['loss']:10.4f}")
+    if paired is not None:
+        print(paired_table(paired))
     if cfg.sft.export_model:
         print(f"policy: {run_dir / SFT_MODEL_DIR}  (start training with model.init_from={run_dir})")
     return 0

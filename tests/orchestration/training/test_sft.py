@@ -10,6 +10,7 @@ import pytest
 import launch
 from orchestration.config_loader import load_config
 from orchestration.errors import UserInputError
+from orchestration.training.dev_instances import PAIRED_METRICS, read_instances
 from orchestration.training.sft_config import SftConfig, SftRootConfig
 from orchestration.training.learners import policy_path
 from tests.tiny_data import build_tiny_data
@@ -105,12 +106,25 @@ def test_simulmask_sft_run_exports_a_model_with_its_source_slots(tiny_model_dir,
 
 @pytest.mark.slow
 def test_sft_run_lowers_dev_loss_and_writes_a_model_train_accepts(tiny_model_dir, tmp_path, capsys):
-    run = _tiny_sft(tiny_model_dir, tmp_path)
+    run = _tiny_sft(tiny_model_dir, tmp_path, "sft.eval_rollouts=true", "rollout.num_cpus_per_worker=0",
+                    "rollout.engine.cpu_kv_cache_gib=1", "rollout.engine.max_model_len=1024",
+                    "rollout.episode.max_new_tokens_per_step=4", "rollout.episode.max_new_tokens_final=8")
     assert json.loads((run / "model" / "sft_provenance.json").read_text())["layout"] == "interleaved"
     out = capsys.readouterr().out
     assert "(interleaved layout" in out and "model.init_from=" in out
-    summary = json.loads((run / "summary.json").read_text())["history"]
-    assert summary["epoch-3"]["loss"] < summary["before"]["loss"]
+    summary = json.loads((run / "summary.json").read_text())
+    history = summary["history"]
+    assert history["epoch-3"]["loss"] < history["before"]["loss"]
+    # the greedy dev rollouts before and after, per sentence, and their paired intervals
+    before, after = (read_instances(run / "dev" / tag / "instances.jsonl") for tag in ("before", "epoch-3"))
+    assert [r["index"] for r in before] == [r["index"] for r in after] and len(before) == 4
+    assert all(r["reference"] and r["source_length"] > 0 for r in before + after)
+    assert set(summary["paired"]) == set(PAIRED_METRICS)
+    q = summary["paired"]["quality"]
+    assert q["n"] == 4 and q["low"] <= q["diff"] <= q["high"]
+    assert q["before"] == pytest.approx(history["before"]["quality"])
+    assert q["after"] == pytest.approx(history["epoch-3"]["quality"])
+    assert "dev reward" in out and "95% interval" in out
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-3"
     assert (run / "checkpoints" / "step-3" / "adapter" / "adapter_config.json").is_file()
     from transformers import AutoModelForCausalLM, AutoTokenizer
