@@ -13,7 +13,7 @@ DEMO_MODEL_DIRS = {"models/qwen2.5-coder-0.5b-instruct": "`make setup`",
 
 
 def local_model_dir(value: str) -> Path:
-    path = Path(value)
+    path = Path(value).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
 
 
@@ -25,7 +25,7 @@ def check_model_path(value: str, key: str = "model.path") -> None:
             raise UserInputError(f"{key}={value}: {local} has no config.json; "
                                  "point it at a Hugging Face model directory")
         return
-    if Path(value).is_absolute() or value.startswith((".", "models/")):
+    if Path(value).expanduser().is_absolute() or value.startswith((".", "models/")):
         try:
             rel = local.resolve().relative_to(REPO_ROOT).as_posix()
         except ValueError:
