@@ -37,7 +37,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ class ScoredInstance:
     source_length: float = 0
     reference_length: int | None = None
     has_elapsed: bool = False
-    recorded: dict[str, float] | None = None   # RECORDED_METRICS the line carries (train's dev instances)
+    recorded: dict[str, float] = field(default_factory=dict)   # RECORDED_METRICS the line carries
 
 
 def _is_number(value: Any) -> bool:
@@ -183,7 +183,7 @@ PAIRED_METRICS = ("chrF", "AL", "LAAL", "YAAL", "length_ratio")
 RECORDED_METRICS = ("reward", "quality", "wait_share")
 
 
-def _sentence_metrics(ins: ScoredInstance, unit: Unit) -> dict[str, float | None]:
+def _sentence_metrics(ins: ScoredInstance) -> dict[str, float | None]:
     ref_len = ins.reference_length
     out: dict[str, float | None] = {m: (getattr(ins.scores, m) if ins.scores else None) for m in ("AL", "LAAL", "YAAL")}
     out["chrF"] = sentence_chrf(ins.prediction, ins.reference) if ins.reference is not None else None
@@ -191,8 +191,8 @@ def _sentence_metrics(ins: ScoredInstance, unit: Unit) -> dict[str, float | None
     return out
 
 
-def paired_against(instances: list[ScoredInstance], base: list[ScoredInstance], unit: Unit,
-                   where: str, seed: int = 0) -> dict[str, Any]:
+def paired_against(instances: list[ScoredInstance], base: list[ScoredInstance], where: str,
+                   seed: int = 0) -> dict[str, Any]:
     """Per metric: both means over the paired sentences, the difference and its 95% interval."""
     from orchestration.eval.paired_ci import paired_bootstrap_ci
 
@@ -202,15 +202,15 @@ def paired_against(instances: list[ScoredInstance], base: list[ScoredInstance], 
         raise UserInputError(f"--against {where}: the two files hold different sentences (index {only} "
                              "is in one only); compare runs over the same test lines")
     order = sorted(ours)
-    a = [_sentence_metrics(ours[i], unit) for i in order]
-    b = [_sentence_metrics(theirs[i], unit) for i in order]
+    a = [_sentence_metrics(ours[i]) for i in order]
+    b = [_sentence_metrics(theirs[i]) for i in order]
     out = {}
     for m in PAIRED_METRICS:
         if all(row[m] is None for row in a + b):
             continue
         out[m] = paired_bootstrap_ci([row[m] for row in b], [row[m] for row in a], seed=seed).as_dict()
     for m in RECORDED_METRICS:
-        if all(m in (i.recorded or {}) for i in instances + base):
+        if all(m in i.recorded for i in instances + base):
             out[m] = paired_bootstrap_ci([theirs[i].recorded[m] for i in order],
                                          [ours[i].recorded[m] for i in order], seed=seed).as_dict()
     return out
@@ -222,7 +222,7 @@ def main(args: argparse.Namespace) -> int:
     base = read_instances(Path(args.against), unit) if getattr(args, "against", None) else None
     result = summarize(instances, unit, per_instance=bool(args.per_instance))
     if base is not None:
-        result["paired"] = paired_against(instances, base, unit, args.against)
+        result["paired"] = paired_against(instances, base, args.against)
         result["paired_against"] = args.against
     sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
     return 0
