@@ -22,6 +22,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_BASE_DEPTH = 8
 
 
+def repo_path(value: str | Path) -> Path:
+    """A path from a config or the command line: ``~`` expanded, relative ones from the repository
+    root, so a config means the same from any working directory."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 class ConfigError(UserInputError):
     """Bad configuration: the message says which file/key and what is allowed."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 from orchestration.config import DataConfig
-from orchestration.config_loader import REPO_ROOT
+from orchestration.config_loader import REPO_ROOT, repo_path
 from orchestration.errors import UserInputError
 from rollout.units import count_units, unit_of
 
@@ -149,10 +149,7 @@ def get_spec(name: str) -> DatasetSpec:
 def resolve_data_dir(cfg_dir: str | None, *, must_exist: bool = True) -> Path:
     """``data.dir`` (relative to the repository root) > ``$SIMULRL_DATA`` > ``../shared/data``."""
     if cfg_dir:
-        path, origin = Path(cfg_dir).expanduser(), "data.dir"
-        if not path.is_absolute():
-            # relative to the repository, so a config means the same from any working directory
-            path = REPO_ROOT / path
+        path, origin = repo_path(cfg_dir), "data.dir"
     elif os.environ.get(DATA_ENV):
         path, origin = Path(os.environ[DATA_ENV]).expanduser(), f"${DATA_ENV}"
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestration.config_loader import REPO_ROOT
+from orchestration.config_loader import REPO_ROOT, repo_path
 from orchestration.errors import UserInputError
 
 # the demo model directories and the command that prepares each (the Makefile's targets)
@@ -12,14 +12,15 @@ DEMO_MODEL_DIRS = {"models/qwen2.5-coder-0.5b-instruct": "`make setup`",
                    "models/qwen2.5-coder-1.5b-instruct": "`make demo-1.5b`"}
 
 
-def local_model_dir(value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
+def model_to_load(value: str) -> str:
+    """What the engines and learners load: the local directory as an absolute path, else the hub id."""
+    local = repo_path(value)
+    return str(local) if local.exists() else value
 
 
 def check_model_path(value: str, key: str = "model.path") -> None:
     """UserInputError naming ``key`` when ``value`` is a local path that is not a model directory."""
-    local = local_model_dir(value)
+    local = repo_path(value)
     if local.exists():
         if not (local / "config.json").is_file():
             raise UserInputError(f"{key}={value}: {local} has no config.json; "

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from orchestration.config import DataConfig
-from orchestration.config_loader import REPO_ROOT
+from orchestration.config_loader import repo_path
 from orchestration.data import DATASETS, DatasetSpec, Role, read_text_lines
 from orchestration.errors import UserInputError
 from rollout.episode import LANGUAGE_NAMES
@@ -57,7 +57,7 @@ def is_user_set(name: str) -> bool:
     """A folder or file path rather than a registered name."""
     if name in DATASETS:
         return False
-    return "/" in name or os.sep in name or name.endswith(PAIR_FILE_SUFFIXES) or (REPO_ROOT / name).is_dir()
+    return "/" in name or os.sep in name or name.endswith(PAIR_FILE_SUFFIXES) or repo_path(name).is_dir()
 
 
 _NAME_LANGS = re.compile(r"(?:^|[_.\-])([a-z]{2})-?([a-z]{2})$")
@@ -77,8 +77,7 @@ def languages_in_name(name: str) -> tuple[str, str] | None:
 def user_spec(name: str, data_cfg: DataConfig, purpose: Role) -> DatasetSpec:
     """The spec of a user's folder or JSONL/TSV file (relative paths: from the repository root)."""
     key = f"data.{purpose}"
-    path = Path(name).expanduser()
-    path = (path if path.is_absolute() else REPO_ROOT / path).resolve()
+    path = repo_path(name).resolve()
     what = "pass a registered name (`launch.py datasets`), a folder with src.txt and ref.txt, or a .jsonl/.tsv file"
     if path.is_dir():
         src, ref = path / "src.txt", path / "ref.txt"

@@ -14,28 +14,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestration.config_loader import REPO_ROOT, resolve_run_dir, write_resolved_config
+from orchestration.config_loader import repo_path, resolve_run_dir, write_resolved_config
 from orchestration.data import Dataset, load_pairs
 from orchestration.errors import UserInputError
+from orchestration.model_path import check_model_path, model_to_load
 from orchestration.eval.config import EvalRootConfig, RunSetting, expand_settings, expost_slots, load_eval_config
 from orchestration.eval.plot import plot_quality_latency, summary_table
 from orchestration.runtime import start_ray, write_json_atomic
 from rollout.units import unit_of
 
 
-def _local(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else REPO_ROOT / p
-
-
 def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
     """Model and checkpoint paths exist (a hub id is allowed for the model)."""
-    from orchestration.model_path import check_model_path
-
     check_model_path(cfg.model.path)
     for s in settings:
         if s.backend == "expost" and s.params["source_slots"] is None and \
-                expost_slots(_local(cfg.model.path)) is None:
+                expost_slots(repo_path(cfg.model.path)) is None:
             raise UserInputError(f"eval.settings: {s.name}: positions=expost needs source_slots: "
                                  f"{cfg.model.path} has no sft_provenance.json naming them (a model from "
                                  "`launch.py sft` with sft.layout=simulmask has); set source_slots")
@@ -45,7 +39,7 @@ def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
         ckpt = s.params.get("checkpoint")
         if ckpt is None:
             continue
-        p = _local(ckpt)
+        p = repo_path(ckpt)
         ok = (p / "adapter").is_dir() or (p / "adapter_config.json").is_file() or \
             (p / "weights" / "model.safetensors").is_file()
         if not ok:
@@ -103,7 +97,7 @@ def run_group(cfg: EvalRootConfig, backend: str, needs_lora: bool, todo: list[tu
         actor_cfg.rollout.engine.enable_lora = True
     actor = eval_actor_class().options(
         num_cpus=cfg.rollout.num_cpus_per_worker, num_gpus=cfg.rollout.num_gpus_per_worker,
-    ).remote(str(_local(cfg.model.path)) if _local(cfg.model.path).exists() else cfg.model.path,
+    ).remote(model_to_load(cfg.model.path),
              cfg.model.dtype, backend, actor_cfg.model_dump(mode="json"), cfg.run.seed, _comet_settings(cfg))
     results = []
     try:
@@ -154,7 +148,7 @@ def run_eval(cfg: EvalRootConfig, run_dir: Path) -> list[dict[str, Any]]:
         try:
             for backend, ckpt, group in _groups([s for s, _ in pending]):
                 todo = [(s, fp) for s, fp in pending if s in group]
-                lora = ckpt is not None and not (_local(ckpt) / "weights" / "model.safetensors").is_file()
+                lora = ckpt is not None and not (repo_path(ckpt) / "weights" / "model.safetensors").is_file()
                 for s, scores in zip(group, run_group(cfg, backend, lora, todo, sources, run_dir, meta)):
                     done[s.name] = scores
         finally:

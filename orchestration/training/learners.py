@@ -14,20 +14,18 @@ SFT_MODEL_DIR = "model"   # where `launch.py sft` writes its policy as a plain H
 def policy_path(cfg: RootConfig) -> str:
     """The starting policy: ``model.init_from``'s ``model/`` (an SFT run), else ``model.path``
     (a local directory made absolute, or a hub id)."""
-    from pathlib import Path
-
-    from orchestration.config_loader import REPO_ROOT
+    from orchestration.config_loader import repo_path
     from orchestration.errors import UserInputError
 
     if cfg.model.init_from:
-        run = Path(cfg.model.init_from)
-        model = (run if run.is_absolute() else REPO_ROOT / run) / SFT_MODEL_DIR
+        model = repo_path(cfg.model.init_from) / SFT_MODEL_DIR
         if not (model / "config.json").is_file():
             raise UserInputError(f"model.init_from={cfg.model.init_from}: {model} holds no model; pass the run "
                                  "directory of a finished `launch.py sft` run (it writes model/ there)")
         return str(model.resolve())
-    local = REPO_ROOT / cfg.model.path
-    return str(local) if local.exists() else cfg.model.path
+    from orchestration.model_path import model_to_load
+
+    return model_to_load(cfg.model.path)
 
 
 def check_model(cfg: RootConfig) -> None:

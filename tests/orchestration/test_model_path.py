@@ -14,9 +14,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_missing_demo_directory_names_its_make_target(monkeypatch, tmp_path):
+    import orchestration.config_loader as cl
     import orchestration.model_path as mp
 
-    monkeypatch.setattr(mp, "REPO_ROOT", tmp_path)      # a checkout where no model is prepared yet
+    for module in (cl, mp):                              # a checkout where no model is prepared yet
+        monkeypatch.setattr(module, "REPO_ROOT", tmp_path)
     with pytest.raises(UserInputError, match=r"model.path=models/qwen2.5-coder-1.5b-instruct: .* `make demo-1.5b`"):
         check_model_path("models/qwen2.5-coder-1.5b-instruct")
     with pytest.raises(UserInputError, match=r"`make setup` prepares it"):
