@@ -18,13 +18,31 @@ def weight_target(mode: str) -> str:
         raise ValueError(f"unknown weight sync mode {mode!r}; known: {', '.join(WEIGHT_SYNC_TARGETS)}")
     return WEIGHT_SYNC_TARGETS[mode]
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a simultaneous interpreter translating {src_lang} into {tgt_lang}. "
-    "The {src_lang} text arrives in pieces, one per user message. After each piece, "
-    "write only the {tgt_lang} translation of what can be translated so far, continuing "
-    "your earlier output without repeating it, or reply with an empty message to wait "
-    "for more. The last piece ends with {end_marker}: then finish the translation."
-)
+EpisodeLayout = Literal["pieces", "continue", "prefix"]
+
+# The instruction of each episode layout (``rollout.episode``); {src_lang} {tgt_lang}
+# {end_marker} are filled in.
+SYSTEM_PROMPTS: dict[str, str] = {
+    "pieces": (
+        "You are a simultaneous interpreter translating {src_lang} into {tgt_lang}. "
+        "The {src_lang} text arrives in pieces, one per user message. After each piece, "
+        "write only the {tgt_lang} translation of what can be translated so far, continuing "
+        "your earlier output without repeating it, or reply with an empty message to wait "
+        "for more. The last piece ends with {end_marker}: then finish the translation."),
+    "continue": (
+        "You are a simultaneous interpreter translating {src_lang} into {tgt_lang}. "
+        "The {src_lang} text arrives in pieces, one per user message. Each of your replies "
+        "starts with your translation so far: continue it with the translation of what can be "
+        "translated now, or end the reply at once to wait for more. The last piece ends with "
+        "{end_marker}: then finish the translation."),
+    "prefix": (
+        "You are a simultaneous interpreter translating {src_lang} into {tgt_lang}. "
+        "Each user message holds the {src_lang} text received so far, which may stop in the "
+        "middle of a sentence. Each of your replies starts with your translation so far: "
+        "continue it with what the text so far says, or end the reply at once to wait for more. "
+        "When the text ends with {end_marker} it is complete: finish the translation."),
+}
+DEFAULT_SYSTEM_PROMPT = SYSTEM_PROMPTS["pieces"]
 
 
 class EpisodeConfig(BaseModel):
@@ -32,19 +50,34 @@ class EpisodeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    layout: EpisodeLayout = Field(
+        "prefix", description="prefix: each user turn holds the source so far and each reply continues the "
+                              "translation so far; continue: one new chunk per user turn, replies continue the "
+                              "translation so far; pieces: one chunk per user turn, one piece per reply")
     chunk_size: int | None = Field(
         None, ge=1, le=64,
         description="source units per chunk; null = 3 words, or 4 characters for a Chinese source")
-    system_prompt: str = Field(
-        DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=4000,
-        description="instruction turn; {src_lang} {tgt_lang} {end_marker} are filled in")
+    system_prompt: str | None = Field(
+        None, min_length=1, max_length=4000,
+        description="instruction turn ({src_lang} {tgt_lang} {end_marker} are filled in); null = the layout's own")
     end_marker: str = Field(
         "[END]", min_length=1, max_length=32,
-        description="appended to the last source chunk to say the source is complete")
+        description="appended to the complete source; a reply that writes it is cut before it")
     max_new_tokens_per_step: int = Field(
         32, ge=1, le=4096, description="generation cap for every step but the last")
     max_new_tokens_final: int = Field(
-        128, ge=1, le=8192, description="generation cap for the last step (source complete)")
+        256, ge=1, le=8192, description="generation cap of the last step (source complete), at most")
+    final_tokens_per_source_unit: float | None = Field(
+        3.0, gt=0.0, le=100.0,
+        description="the last step's cap follows the source: ceil(this x source units) + 8 tokens, at most "
+                    "max_new_tokens_final; null = max_new_tokens_final alone")
+    units_per_read: float | None = Field(
+        1.5, gt=0.0, le=100.0,
+        description="before the source is complete the translation holds at most floor(this x source units "
+                    "read) units; a reply is cut at the first unit beyond; null = no bound")
+
+    def prompt_template(self) -> str:
+        return self.system_prompt if self.system_prompt is not None else SYSTEM_PROMPTS[self.layout]
 
 
 class SamplingConfig(BaseModel):

@@ -1,8 +1,13 @@
-"""The interleaved, append-only token layout of a streaming episode (DESIGN §2.1).
+"""The interleaved, append-only token layouts of a streaming episode (DESIGN §2.1).
 
-    [system] [user: c_1] [assistant: y_1] [user: c_2] [assistant: y_2] ... [user: c_T END] [assistant: y_T]
+    pieces:   [system] [user: c_1] [assistant: y_1] [user: c_2] [assistant: y_2] ... [user: c_T END] [assistant: y_T]
+    continue: [system] [user: c_1] [assistant: y_1] [user: c_2] [assistant: (y_1) y_2] ... [user: c_T END] [assistant: (y_<T) y_T]
+    prefix:   [system] [user: x_≤r1] [assistant: y_1] [user: x_≤r2] [assistant: (y_1) y_2] ... [user: x END] [assistant: (y_<T) y_T]
 
-The turn markers come from the model's own chat template: :class:`ChatLayout` renders the
+(y_<t): the translation so far, restated as an observation, which the policy continues: in
+``continue`` and ``prefix`` the model sees its translation as one text it continues, never a
+sentence per turn (the ``pieces`` layout tends to make each piece a sentence of its own);
+``prefix`` also shows the source read so far as one text. The turn markers come from the model's own chat template: :class:`ChatLayout` renders the
 template around placeholder texts once and keeps the strings that surround each turn. An
 :class:`Episode` then grows one token list by appending: observation tokens (mask 0) are
 encoded from text, action tokens (mask 1) are exactly the ids the policy sampled
@@ -12,14 +17,17 @@ conversation rendered by the template and tokenised at once.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from rollout.units import Unit, chunk_source, count_units, join_pieces, step_delay
+from rollout.units import Unit, chunk_source, count_units, normalize_spaces, step_delay
+from rollout.writing import completion_delays, longest_allowed_prefix, stable_length, unit_bound
 
 Encode = Callable[[str], list[int]]
 Decode = Callable[[Sequence[int]], str]
 
+EPISODE_MODES = ("pieces", "continue", "prefix")
 _SYS, _U1, _A1, _U2 = "\x00SYS\x00", "\x00USER1\x00", "\x00ASSISTANT1\x00", "\x00USER2\x00"
 
 
@@ -107,32 +115,67 @@ class Trajectory:
     num_steps: int
     truncated_steps: int = 0        # steps that hit their token cap without ending the turn
     meta: dict[str, Any] = field(default_factory=dict)
+    cut_steps: int = 0              # steps cut by a rule (unit bound, end marker)
+
+
+@dataclass(frozen=True)
+class WriteRules:
+    """What each step may write (``rollout.writing``): token caps, the unit bound of a step
+    before the source is complete (``units_per_read``), and optionally a fixed wait-k schedule
+    (``schedule_k``: at most read − k + 1 units, with the end of turn withheld until the cap, so
+    the schedule is what the model writes, not what it chooses)."""
+
+    max_new_tokens_per_step: int = 32
+    max_new_tokens_final: int = 256
+    final_tokens_per_source_unit: float | None = None
+    units_per_read: float | None = None
+    schedule_k: int | None = None
 
 
 class Episode:
     """A streaming episode being built step by step (one trajectory).
 
     ``prompt_ids`` is what to generate from at the current step; :meth:`add_action` appends
-    the step's sampled ids and, unless the source is complete, the next source chunk.
+    the step's sampled ids (cut where a rule says so) and, unless the source is complete, the
+    next observation. The ``mode`` says what a new turn shows (``rollout.config.EpisodeConfig``):
+
+    - ``pieces``: the next source chunk as a user turn; each reply is one piece, and the
+      translation is the pieces joined (spaces between them for word units);
+    - ``continue``: the next chunk as a user turn, then the reply opens with the translation so
+      far (its token ids exactly as sampled, an observation) and the policy continues it;
+    - ``prefix``: the whole source read so far as a user turn, then the translation so far.
+
+    Every turn is appended, never rewritten, so the prefix cache and the learner's single pass
+    over the trajectory hold for all three.
     """
 
     def __init__(self, layout: ChatLayout, encode: Encode, decode: Decode, *, source: str,
                  system_prompt: str, end_marker: str, source_unit: Unit, target_unit: Unit,
-                 chunk_size: int, end_of_turn_id: int):
+                 chunk_size: int, end_of_turn_id: int, mode: str = "pieces",
+                 rules: WriteRules = WriteRules()):
+        if mode not in EPISODE_MODES:
+            raise ValueError(f"unknown episode layout {mode!r}; known: {', '.join(EPISODE_MODES)}")
         self.layout, self._encode, self._decode = layout, encode, decode
+        self.source = source
+        self.source_unit = source_unit
         self.chunks = chunk_source(source, source_unit, chunk_size)
         if not self.chunks:
             raise ValueError("empty source: an episode needs at least one source unit")
         self.source_length = count_units(source, source_unit)
         self.chunk_size, self.end_marker = chunk_size, end_marker
         self.target_unit, self.end_of_turn_id = target_unit, end_of_turn_id
+        self.mode, self.rules = mode, rules
         self.step = 0                    # 0-based index of the chunk being answered
         self.pieces: list[str] = []
-        self.delays: list[int] = []
         self.truncated_steps = 0
+        self.cut_steps = 0
         self.token_ids: list[int] = []
         self.action_mask: list[int] = []
         self.logprobs: list[float] = []
+        self.target_ids: list[int] = []  # the translation's ids so far (continue, prefix)
+        self.text = ""                   # the translation so far, as decoded
+        self._step_ends: list[int] = []  # len(text) after each step
+        self._reads: list[int] = []      # source units read at each step
         self._observe(layout.opening(system_prompt, self._user_text(0)))
 
     @property
@@ -151,21 +194,64 @@ class Episode:
     def prompt_ids(self) -> list[int]:
         return list(self.token_ids)
 
-    def _user_text(self, k: int) -> str:
-        text = self.chunks[k]
-        return f"{text} {self.end_marker}" if k == self.num_steps - 1 else text
+    @property
+    def read(self) -> int:
+        """Source units read at the current step."""
+        return step_delay(self.step + 1, self.chunk_size, self.source_length)
 
-    def _observe(self, text: str) -> None:
-        ids = self._encode(text)
+    @property
+    def delays(self) -> list[int]:
+        """Delays of the units written so far (``rollout.writing.completion_delays``)."""
+        return completion_delays(self.text, self.target_unit, self._step_ends, self._reads)
+
+    def max_new_tokens(self) -> int:
+        """This step's token cap; the last step's follows the source length."""
+        r = self.rules
+        if not self.is_last_step:
+            return r.max_new_tokens_per_step
+        if r.final_tokens_per_source_unit is None:
+            return r.max_new_tokens_final
+        return min(r.max_new_tokens_final, math.ceil(r.final_tokens_per_source_unit * self.source_length) + 8)
+
+    def min_new_tokens(self) -> int:
+        """Tokens before the end of turn may be chosen: the whole cap under a fixed schedule (it
+        decides what is kept, not the model), else 0."""
+        return self.max_new_tokens() if self.rules.schedule_k is not None and not self.is_last_step else 0
+
+    def _user_text(self, k: int) -> str:
+        last = k == self.num_steps - 1
+        if self.mode == "prefix":
+            read = step_delay(k + 1, self.chunk_size, self.source_length)
+            text = chunk_source(self.source, self.source_unit, read)[0]
+        else:
+            text = self.chunks[k]
+        return f"{text} {self.end_marker}" if last else text
+
+    def _observe(self, text: str, then: Sequence[int] = ()) -> None:
+        ids = self._encode(text) + list(then)
         self.token_ids += ids
         self.action_mask += [0] * len(ids)
         self.logprobs += [0.0] * len(ids)
 
+    def _written(self, body: Sequence[int]) -> str:
+        """The whole translation if ``body`` were this step's tokens."""
+        if self.mode == "pieces":
+            piece = self._decode(body).strip()
+            glue = "" if self.target_unit == "char" or not self.text or not piece else " "
+            return self.text + glue + piece
+        return self._decode(self.target_ids + list(body))
+
+    def _added(self, body: Sequence[int]) -> str:
+        return self._decode(body) if self.mode == "pieces" else self._written(body)[len(self.text):]
+
     def add_action(self, token_ids: Sequence[int], logprobs: Sequence[float] | None = None) -> str:
         """Append one step's sampled ids (ending with end-of-turn unless the cap cut them).
 
-        Returns the piece text. A piece cut by the token cap gets the end-of-turn token
-        appended as an observation (mask 0: the policy did not sample it).
+        Returns the text the step added. The kept ids are the longest prefix that writes no end
+        marker and, before the source is complete, leaves at most the unit bound of
+        :func:`rollout.writing.unit_bound` in the translation; a step cut by a rule or by its
+        token cap gets the end-of-turn token appended as an observation (mask 0: the policy did
+        not sample it).
         """
         if self.done:
             raise RuntimeError("episode already finished")
@@ -174,30 +260,48 @@ class Episode:
         if len(lps) != len(ids):
             raise ValueError(f"{len(ids)} token ids but {len(lps)} log-probs")
         ended = bool(ids) and ids[-1] == self.end_of_turn_id
-        self.token_ids += ids
-        self.action_mask += [1] * len(ids)
-        self.logprobs += lps
-        if not ended:
+        body = ids[:-1] if ended else ids
+        limit = unit_bound(self.read, self.source_length, units_per_read=self.rules.units_per_read,
+                           schedule_k=self.rules.schedule_k)
+        keep = longest_allowed_prefix(body, self._added, self._written, self.target_unit,
+                                      limit=limit, marker=self.end_marker)
+        if keep < len(body):
+            self.cut_steps += 1
+            body, ended = body[:keep], False
+        elif not ended:
             self.truncated_steps += 1
+        action = body + ([self.end_of_turn_id] if ended else [])
+        self.token_ids += action
+        self.action_mask += [1] * len(action)
+        self.logprobs += lps[:len(action)]
+        if not ended:
             self._observe(self.layout.end_of_turn)
-        piece = self._decode(ids[:-1] if ended else ids).strip()
-        self.pieces.append(piece)
+        before = self.text
+        self.text = self._written(body)
+        if self.mode != "pieces":
+            self.target_ids += body
+        piece = self.text[stable_length(before, self.text):]
+        self.pieces.append(piece.strip() if self.mode == "pieces" else piece)
+        self._step_ends.append(len(self.text))
+        self._reads.append(self.read)
         self.step += 1
-        delay = step_delay(self.step, self.chunk_size, self.source_length)
-        self.delays += [delay] * count_units(piece, self.target_unit)
         if not self.done:
-            self._observe(self.layout.next_turn(self._user_text(self.step)))
-        return piece
+            restate = self.target_ids if self.mode != "pieces" else []
+            self._observe(self.layout.next_turn(self._user_text(self.step)), restate)
+        return self.pieces[-1]
 
     def trajectory(self, **meta: Any) -> Trajectory:
         if not self.done:
             raise RuntimeError(f"episode unfinished: step {self.step} of {self.num_steps}")
+        # a step whose text ended in an unfinished character counts only what the final text keeps
+        ends = [stable_length(self.text[:n], self.text) for n in self._step_ends]
         return Trajectory(
             token_ids=list(self.token_ids), action_mask=list(self.action_mask),
-            logprobs=list(self.logprobs), pieces=list(self.pieces), delays=list(self.delays),
-            hypothesis=join_pieces(self.pieces, self.target_unit),
+            logprobs=list(self.logprobs), pieces=list(self.pieces),
+            delays=completion_delays(self.text, self.target_unit, ends, self._reads),
+            hypothesis=normalize_spaces(self.text),
             source_length=self.source_length, num_steps=self.num_steps,
-            truncated_steps=self.truncated_steps, meta=dict(meta))
+            truncated_steps=self.truncated_steps, meta=dict(meta), cut_steps=self.cut_steps)
 
 
 def hf_codec(tokenizer: Any) -> tuple[Encode, Decode, int]:

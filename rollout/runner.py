@@ -8,10 +8,11 @@ vLLM (``rollout.engine``) or plain transformers (``rollout.hf_backend``, the bas
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from rollout.config import EpisodeConfig
-from rollout.episode import ChatLayout, Episode, Trajectory, hf_codec, system_prompt_for
+from rollout.episode import ChatLayout, Episode, Trajectory, WriteRules, hf_codec, system_prompt_for
 from rollout.types import GenerationBackend, RolloutStats, Sampling, Source, derive_seed
 from rollout.units import DEFAULT_CHUNK_SIZE, unit_of
 
@@ -27,28 +28,38 @@ class EpisodeFactory:
     def chunk_size(self, src_lang: str) -> int:
         return self.cfg.chunk_size or DEFAULT_CHUNK_SIZE[unit_of(src_lang)]
 
-    def make(self, source: Source) -> Episode:
-        system = system_prompt_for(self.cfg.system_prompt, source.src_lang, source.tgt_lang,
+    def rules(self, schedule_k: int | None = None) -> WriteRules:
+        c = self.cfg
+        return WriteRules(max_new_tokens_per_step=c.max_new_tokens_per_step,
+                          max_new_tokens_final=c.max_new_tokens_final,
+                          final_tokens_per_source_unit=c.final_tokens_per_source_unit,
+                          units_per_read=c.units_per_read, schedule_k=schedule_k)
+
+    def make(self, source: Source, schedule_k: int | None = None) -> Episode:
+        """The episode of ``source``; ``schedule_k`` writes by the fixed wait-k schedule instead of
+        the policy's own choice (an evaluation baseline in the training layout)."""
+        system = system_prompt_for(self.cfg.prompt_template(), source.src_lang, source.tgt_lang,
                                    self.cfg.end_marker)
         return Episode(self.layout, self.encode, self.decode, source=source.text,
                        system_prompt=system, end_marker=self.cfg.end_marker,
                        source_unit=unit_of(source.src_lang), target_unit=unit_of(source.tgt_lang),
                        chunk_size=self.chunk_size(source.src_lang),
-                       end_of_turn_id=self.end_of_turn_id)
+                       end_of_turn_id=self.end_of_turn_id, mode=self.cfg.layout,
+                       rules=self.rules(schedule_k))
 
 
 def run_episodes(backend: GenerationBackend, factory: EpisodeFactory, sources: Sequence[Source],
                  group_size: int, sampling: Sampling,
-                 on_step: Callable[[int, int], None] | None = None
+                 on_step: Callable[[int, int], None] | None = None, schedule_k: int | None = None,
                  ) -> tuple[list[Trajectory], RolloutStats]:
     """Run ``group_size`` episodes per source in lock-step; trajectories come back grouped
     (all of source 0, then source 1, ...) with ``meta`` naming source index, group and sample.
 
     A seeded source's request for sample i at streaming step t gets the seed
     ``derive_seed(source.seed, i, t)``: what is drawn does not depend on the batch it runs in.
+    ``schedule_k`` runs the fixed wait-k schedule in this layout (``EpisodeFactory.make``).
     """
-    cfg = factory.cfg
-    episodes = [factory.make(src) for src in sources for _ in range(group_size)]
+    episodes = [factory.make(src, schedule_k) for src in sources for _ in range(group_size)]
     seeded = [src.seed for src in sources for _ in range(group_size)]
     use_seeds = sampling.temperature > 0 and any(s is not None for s in seeded)
     stats = RolloutStats(trajectories=len(episodes))
@@ -58,27 +69,34 @@ def run_episodes(backend: GenerationBackend, factory: EpisodeFactory, sources: S
         live = [k for k, ep in enumerate(episodes) if not ep.done]
         if not live:
             break
-        active = [episodes[k] for k in live]
         step += 1
-        prompts = [ep.prompt_ids for ep in active]
-        caps = [cfg.max_new_tokens_final if ep.is_last_step else cfg.max_new_tokens_per_step
-                for ep in active]
         t0 = time.perf_counter()
-        if use_seeds:
-            seeds = [None if seeded[k] is None else derive_seed(seeded[k], k % group_size, episodes[k].step)
-                     for k in live]
-            results = backend.generate(prompts, caps, sampling, seeds=seeds)
-        else:
-            results = backend.generate(prompts, caps, sampling)
+        # one call per min_tokens value (a fixed schedule withholds the end of turn before the last step)
+        calls: dict[int, list[int]] = {}
+        for k in live:
+            calls.setdefault(episodes[k].min_new_tokens(), []).append(k)
+        results: dict[int, Any] = {}
+        for min_tokens, ks in calls.items():
+            prompts = [episodes[k].prompt_ids for k in ks]
+            caps = [episodes[k].max_new_tokens() for k in ks]
+            call_sampling = replace(sampling, min_tokens=max(sampling.min_tokens, min_tokens))
+            if use_seeds:
+                seeds = [None if seeded[k] is None else derive_seed(seeded[k], k % group_size, episodes[k].step)
+                         for k in ks]
+                out = backend.generate(prompts, caps, call_sampling, seeds=seeds)
+            else:
+                out = backend.generate(prompts, caps, call_sampling)
+            results.update(zip(ks, out))
         dt = time.perf_counter() - t0
         appended = 0
-        for ep, res in zip(active, results):
-            before = len(ep.token_ids) + len(res.token_ids)
+        for k in live:
+            ep, res = episodes[k], results[k]
+            tokens, actions = len(ep.token_ids), sum(ep.action_mask)
             ep.add_action(res.token_ids, res.logprobs)
-            appended += len(ep.token_ids) - before
-        step_prompt = sum(r.prompt_tokens for r in results)
-        step_cached = sum(r.cached_prompt_tokens for r in results)
-        step_gen = sum(len(r.token_ids) for r in results)
+            appended += (len(ep.token_ids) - tokens) - (sum(ep.action_mask) - actions)
+        step_prompt = sum(results[k].prompt_tokens for k in live)
+        step_cached = sum(results[k].cached_prompt_tokens for k in live)
+        step_gen = sum(len(results[k].token_ids) for k in live)
         stats.steps = step
         stats.generated_tokens += step_gen
         stats.prompt_tokens += step_prompt
@@ -86,11 +104,11 @@ def run_episodes(backend: GenerationBackend, factory: EpisodeFactory, sources: S
         stats.appended_tokens += appended
         stats.generate_s += dt
         stats.per_step.append({
-            "step": step, "active": len(active), "prompt_tokens": step_prompt,
+            "step": step, "active": len(live), "prompt_tokens": step_prompt,
             "recomputed_prompt_tokens": step_prompt - step_cached,
             "appended_tokens": appended, "generated_tokens": step_gen, "seconds": dt})
         if on_step is not None:
-            on_step(step, len(active))
+            on_step(step, len(live))
     stats.wall_s = time.perf_counter() - start
     return grouped_trajectories(episodes, sources, group_size), stats
 

@@ -21,7 +21,8 @@ from rollout.episode import Trajectory
 from rollout.prefix_layout import PrefixPrompter
 from rollout.runner import EpisodeFactory
 from rollout.types import Source
-from rollout.units import Unit, count_units, num_steps, split_units, unit_of
+from rollout.units import Unit, count_units, num_steps, split_units, step_delay, unit_of
+from rollout.writing import unit_bound
 
 
 def emitted_lengths(source_length: int, target_length: int, chunk_size: int, lag_k: int) -> list[int]:
@@ -42,10 +43,19 @@ def emitted_lengths(source_length: int, target_length: int, chunk_size: int, lag
 
 
 def reference_pieces(source: str, reference: str, source_unit: Unit, target_unit: Unit,
-                     chunk_size: int, lag_k: int) -> list[str]:
-    """The reference split into one piece per streaming step ("" = wait)."""
+                     chunk_size: int, lag_k: int, units_per_read: float | None = None) -> list[str]:
+    """The reference split into one piece per streaming step ("" = wait).
+
+    With ``units_per_read`` the pieces also keep the episode's unit bound
+    (``rollout.writing.unit_bound``): a step never writes more than a rollout may."""
     units = split_units(reference, target_unit)
-    ends = emitted_lengths(count_units(source, source_unit), len(units), chunk_size, lag_k)
+    source_length = count_units(source, source_unit)
+    ends = emitted_lengths(source_length, len(units), chunk_size, lag_k)
+    for t in range(len(ends) - 1):
+        bound = unit_bound(step_delay(t + 1, chunk_size, source_length), source_length,
+                           units_per_read=units_per_read, schedule_k=None)
+        if bound is not None:
+            ends[t] = min(ends[t], bound)
     glue = "" if target_unit == "char" else " "
     starts = [0] + ends[:-1]
     return [glue.join(units[a:b]) for a, b in zip(starts, ends)]
@@ -54,17 +64,23 @@ def reference_pieces(source: str, reference: str, source_unit: Unit, target_unit
 def sft_trajectory(factory: EpisodeFactory, source: Source, lag_k: int) -> Trajectory:
     """The episode of ``source`` in which every step writes its reference piece.
 
-    Each piece is encoded on its own and closed with the end-of-turn token, as the policy
-    samples it; a wait is the end-of-turn token alone.
+    Each piece is encoded on its own, as the policy would sample it (in the layouts whose replies
+    continue the translation, a piece after earlier text carries its leading space), and closed
+    with the end-of-turn token; a wait is the end-of-turn token alone.
     """
     if source.reference is None:
         raise ValueError(f"source {source.index} has no reference")
     ep = factory.make(source)
     pieces = reference_pieces(source.text, source.reference, unit_of(source.src_lang),
-                              unit_of(source.tgt_lang), ep.chunk_size, lag_k)
-    assert len(pieces) == ep.num_steps, (len(pieces), ep.num_steps)
+                              unit_of(source.tgt_lang), ep.chunk_size, lag_k, factory.cfg.units_per_read)
+    if len(pieces) != ep.num_steps:
+        raise ValueError(f"source {source.index}: {len(pieces)} reference pieces for {ep.num_steps} steps")
+    glue = "" if unit_of(source.tgt_lang) == "char" else " "
+    written = False
     for piece in pieces:
-        ep.add_action(factory.encode(piece) + [factory.end_of_turn_id])
+        text = (glue if written and piece and ep.mode != "pieces" else "") + piece
+        ep.add_action(factory.encode(text) + [factory.end_of_turn_id] if text else [factory.end_of_turn_id])
+        written = written or bool(piece)
     return ep.trajectory(source_index=source.index, chunk_size=ep.chunk_size, lag_k=lag_k)
 
 

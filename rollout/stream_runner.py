@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Callable, Protocol, Sequence
 
 from rollout.episode import Trajectory
@@ -43,7 +44,6 @@ def run_episodes_streaming(backend: StreamingBackend, factory: EpisodeFactory, s
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be >= 1")
-    cfg = factory.cfg
     episodes = [factory.make(src) for src in sources for _ in range(group_size)]
     stats = RolloutStats(trajectories=len(episodes))
     waiting = deque(range(len(sources)))        # groups not yet admitted
@@ -57,12 +57,13 @@ def run_episodes_streaming(backend: StreamingBackend, factory: EpisodeFactory, s
         ep = episodes[i]
         turns[i] += 1
         key = f"ep{i}-t{turns[i]}"
-        cap = cfg.max_new_tokens_final if ep.is_last_step else cfg.max_new_tokens_per_step
+        cap = ep.max_new_tokens()
         src = sources[i // group_size]
+        step_sampling = replace(sampling, min_tokens=max(sampling.min_tokens, ep.min_new_tokens()))
         if sampling.temperature > 0 and src.seed is not None:
-            backend.submit(key, ep.prompt_ids, cap, sampling, seed=derive_seed(src.seed, i % group_size, ep.step))
+            backend.submit(key, ep.prompt_ids, cap, step_sampling, seed=derive_seed(src.seed, i % group_size, ep.step))
         else:
-            backend.submit(key, ep.prompt_ids, cap, sampling)
+            backend.submit(key, ep.prompt_ids, cap, step_sampling)
         in_flight[key] = i
 
     while waiting or in_flight:
@@ -77,9 +78,9 @@ def run_episodes_streaming(backend: StreamingBackend, factory: EpisodeFactory, s
         for key, res in done:
             i = in_flight.pop(key)
             ep = episodes[i]
-            before = len(ep.token_ids) + len(res.token_ids)
+            tokens, actions = len(ep.token_ids), sum(ep.action_mask)
             ep.add_action(res.token_ids, res.logprobs)
-            stats.appended_tokens += len(ep.token_ids) - before
+            stats.appended_tokens += (len(ep.token_ids) - tokens) - (sum(ep.action_mask) - actions)
             stats.generated_tokens += len(res.token_ids)
             stats.prompt_tokens += res.prompt_tokens
             stats.cached_prompt_tokens += res.cached_prompt_tokens

@@ -11,7 +11,7 @@ count alike.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Literal
 
 Unit = Literal["word", "char"]
 
@@ -47,6 +47,11 @@ def _unit_spans(text: str, unit: Unit) -> list[tuple[int, int]]:
     return spans
 
 
+def normalize_spaces(text: str) -> str:
+    """Runs of whitespace (newlines included) become one space: they never count as units."""
+    return " ".join(text.split())
+
+
 def split_units(text: str, unit: Unit) -> list[str]:
     """The units of ``text``: whitespace-separated words, or characters other than " "."""
     return [text[a:b] for a, b in _unit_spans(text, unit)]
@@ -79,20 +84,3 @@ def num_steps(source_length: int, chunk_size: int) -> int:
 def step_delay(step: int, chunk_size: int, source_length: int) -> int:
     """Source units read when writing at (1-based) step t: min(t·m, S)."""
     return min(step * chunk_size, source_length)
-
-
-def piece_delays(piece_units: Sequence[int], chunk_size: int, source_length: int) -> list[int]:
-    """Delays of every target unit, given how many units each step's piece wrote."""
-    delays: list[int] = []
-    for t, n in enumerate(piece_units, start=1):
-        delays.extend([step_delay(t, chunk_size, source_length)] * n)
-    return delays
-
-
-def join_pieces(pieces: Sequence[str], unit: Unit) -> str:
-    """The final hypothesis: the pieces joined, with spaces for space-delimited targets.
-
-    Joining never merges or splits units, so units(joined) = sum of units(piece).
-    """
-    parts = [p.strip() for p in pieces if p.strip()]
-    return ("" if unit == "char" else " ").join(parts)

@@ -44,7 +44,7 @@ def _summary(trajs, stats) -> dict[str, Any]:
     out = stats.as_dict()
     out["tokens_per_s"] = stats.generated_tokens / stats.wall_s
     out["computed_prompt_tokens_per_s"] = stats.recomputed_prompt_tokens / stats.wall_s
-    out["waits"] = sum(p == "" for t in trajs for p in t.pieces[:-1])
+    out["waits"] = sum(not p.strip() for t in trajs for p in t.pieces[:-1])
     return out
 
 

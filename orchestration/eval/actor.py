@@ -30,8 +30,8 @@ from orchestration.eval.score import read_instances, summarize
 from reward.latency import elapsed_from_compute
 from rollout.prefix_layout import PrefixDecoder, PrefixPrompter, SimulOutput
 from rollout.types import Source
-from rollout.simul_policies import build_read_write_policy, normalize_spaces, units_of_text
-from rollout.units import join_pieces, step_delay, unit_of
+from rollout.simul_policies import build_read_write_policy
+from rollout.units import step_delay, unit_of
 
 
 def torch_dtype(name: str) -> Any:
@@ -137,6 +137,8 @@ class EvalWorker:
 
     def _learned_batches(self, params: dict[str, Any], sources: list[Source]
                          ) -> Iterator[tuple[int, list[SimulOutput] | None, dict]]:
+        """Greedy episodes in the training layout: the trained policy (``learned``), or the fixed
+        wait-k schedule in that layout (``waitk`` with ``layout: episode``)."""
         from rollout.runner import EpisodeFactory, run_episodes
         from rollout.types import Sampling
 
@@ -147,24 +149,22 @@ class EvalWorker:
         episode = self.cfg.rollout.episode
         if params.get("chunk_size") is not None:
             episode = episode.model_copy(update={"chunk_size": params["chunk_size"]})
+        schedule_k = params["k"] if params["type"] == "waitk" else None
         factory = EpisodeFactory(self.tokenizer, episode)
         for start in range(0, len(sources), self.cfg.eval.batch_size):
             batch = sources[start:start + self.cfg.eval.batch_size]
-            trajs, stats = run_episodes(self.backend, factory, batch, 1, Sampling(temperature=0.0))
+            trajs, stats = run_episodes(self.backend, factory, batch, 1, Sampling(temperature=0.0),
+                                        schedule_k=schedule_k)
             # every trajectory active at step t waited for that step's batched call
             clock = [0.0]
             for row in stats.per_step:
                 clock.append(clock[-1] + row["seconds"])
             outs = []
             for src, t in zip(batch, trajs):
-                # units as the prefix layout counts them (whitespace never counts), per step t
-                unit = unit_of(src.tgt_lang)
-                counts = [units_of_text(piece, unit) for piece in t.pieces]
-                m = t.meta["chunk_size"]
-                delays = [step_delay(step, m, t.source_length) for step, n in enumerate(counts, 1) for _ in range(n)]
-                compute = [clock[step] for step, n in enumerate(counts, 1) for _ in range(n)]
-                prediction = normalize_spaces(join_pieces(t.pieces, unit))
-                outs.append(SimulOutput(src.index, t.source_length, prediction, delays, compute,
+                # a unit's compute time: the clock after the step whose read its delay records
+                reads = [step_delay(step, t.meta["chunk_size"], t.source_length) for step in range(1, t.num_steps + 1)]
+                compute = [clock[reads.index(d) + 1] for d in t.delays]
+                outs.append(SimulOutput(src.index, t.source_length, t.hypothesis, list(t.delays), compute,
                                         [], [], len(t.token_ids)))
             yield start + len(batch), outs, stats.as_dict()
 
@@ -173,7 +173,8 @@ class EvalWorker:
         """Decode ``sources`` with one setting; yields {"done": n} then {"scores": {...}}."""
         srcs = [Source(**s) for s in sources]
         params = setting["params"]
-        run = self._learned_batches if params["type"] == "learned" else self._prefix_batches
+        episode = params["type"] == "learned" or params.get("layout") == "episode"
+        run = self._learned_batches if episode else self._prefix_batches
         start = time.perf_counter()
         outputs: list[SimulOutput] = []
         totals: dict[str, float] = {}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from orchestration.config import DataConfig, ModelConfig, RayConfig, RunConfig
 from orchestration.config_loader import _allowed_keys, load_config
@@ -40,14 +40,26 @@ Slots = Field(None, ge=1, le=100_000, description="positions: expost: reserved s
 
 
 class WaitKSetting(_Section):
-    """wait-k (prefix layout): read k units, then write one / read one."""
+    """wait-k: read k units, then write one / read one (prefix layout), or the same schedule in
+    the training episode layout (``layout: episode``) so the layout's effect and the policy's
+    can be told apart."""
 
     type: Literal["waitk"] = Field(description="policy name")
     k: K | Annotated[list[K], Field(min_length=1)] = Field(
         description="units read before the first write; a list sweeps")
+    layout: Literal["prefix", "episode"] = Field(
+        "prefix", description="prefix: the source so far and the translation so far, one unit per write (the "
+                              "wait-k curve); episode: rollout.episode's chunk layout, writing by the wait-k schedule")
     positions: Literal["contiguous", "expost"] = Positions
     source_slots: int | None = Slots
     label: str | None = Label
+
+    @model_validator(mode="after")
+    def _episode_layout_has_plain_positions(self) -> "WaitKSetting":
+        if self.layout == "episode" and self.positions == "expost":
+            raise ValueError("layout: episode runs the training layout on vLLM; positions: expost is for the "
+                             "prefix layout")
+        return self
 
 
 LevelLU = Annotated[list[Annotated[int, Field(ge=0, le=1000)]], Field(min_length=2, max_length=2)]
@@ -206,6 +218,8 @@ def expand_settings(cfg: EvalConfig) -> list[RunSetting]:
         line = entry.label or entry.type
         if isinstance(entry, WaitKSetting):
             extra, tag = _layout(entry)
+            if entry.layout == "episode":
+                extra, tag = {"layout": "episode"}, "-episode"
             for k in _as_list(entry.k):
                 out.append(RunSetting(f"waitk-k{k}{tag}", line, backend, {"type": "waitk", "k": k} | extra))
         elif isinstance(entry, LSGSetting):

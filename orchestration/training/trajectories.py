@@ -72,7 +72,7 @@ def mean_finite(xs: Sequence[float | None]) -> float:
 
 def wait_share(trajs: Sequence[dict[str, Any]]) -> float:
     """Share of the streaming steps before the last that wrote nothing (the policy waited)."""
-    waits = sum(p == "" for t in trajs for p in t["pieces"][:-1])
+    waits = sum(not p.strip() for t in trajs for p in t["pieces"][:-1])
     steps = sum(len(t["pieces"]) - 1 for t in trajs)
     return waits / steps if steps else 0.0
 

@@ -158,3 +158,104 @@ def test_llama3_style_template_and_a_rejected_one():
 def test_system_prompt_names_languages():
     text = system_prompt_for("From {src_lang} to {tgt_lang}; {end_marker}", "de", "zh", "[END]")
     assert text == "From German to Chinese; [END]"
+
+
+def make_mode_episode(codec, source, chunk_size, mode, **rules):
+    from rollout.episode import WriteRules
+
+    layout, encode, decode, eot = codec
+    return Episode(layout, encode, decode, source=source, system_prompt=SYSTEM, end_marker="[END]",
+                   source_unit="word", target_unit="word", chunk_size=chunk_size, end_of_turn_id=eot,
+                   mode=mode, rules=WriteRules(**rules))
+
+
+# what a continuing reply may write: empty (a wait), or text that does not start with a newline
+continuation = st.one_of(st.just(""), st.text(alphabet="ab cdXY.,!?äö1'", max_size=14)
+                         .filter(lambda s: not s.startswith("\n")))
+
+
+@pytest.mark.parametrize("mode", ["continue", "prefix"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(source=source_text, chunk_size=st.integers(1, 4), data=st.data())
+def test_continuing_layouts_equal_the_whole_conversation(codec, tiny_tokenizer, mode, source, chunk_size, data):
+    """Every reply restates the translation so far (its ids as sampled, never re-encoded) and
+    continues it; the user turn is the new chunk (continue) or the source read so far (prefix);
+    appended step by step, the ids read as the templated conversation, and every restated
+    translation is exactly the ids sampled before."""
+    ep = make_mode_episode(codec, source, chunk_size, mode)
+    _, encode, decode, eot = codec
+    words = source.split()
+    messages = [{"role": "system", "content": SYSTEM}]
+    written, written_ids = "", []
+    while not ep.done:
+        k = ep.step
+        user = " ".join(words[k * chunk_size:(k + 1) * chunk_size]) if mode == "continue" \
+            else " ".join(words[:(k + 1) * chunk_size])
+        messages.append({"role": "user", "content": user + (" [END]" if ep.is_last_step else "")})
+        text = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert tiny_tokenizer.decode(ep.prompt_ids, skip_special_tokens=False) == text + written
+        assert ep.prompt_ids[len(ep.prompt_ids) - len(written_ids):] == written_ids
+        piece = data.draw(continuation)
+        ep.add_action(encode(piece) + [eot])
+        written, written_ids = written + piece, written_ids + encode(piece)
+        messages.append({"role": "assistant", "content": written})
+    traj = ep.trajectory()
+    assert traj.hypothesis == " ".join(written.split())
+    assert len(traj.delays) == count_units(traj.hypothesis, "word")
+    assert all(a <= b for a, b in zip(traj.delays, traj.delays[1:]))
+
+
+def test_a_word_continued_later_counts_when_it_is_complete(codec):
+    _, encode, _, eot = codec
+    ep = make_mode_episode(codec, "Die Katze sitzt auf der Matte", 2, "prefix")
+    ep.add_action(encode("The ca") + [eot])          # an open word ...
+    ep.add_action(encode("t sits") + [eot])          # ... finished at step 2
+    ep.add_action(encode(" on the mat.") + [eot])
+    traj = ep.trajectory()
+    assert traj.hypothesis == "The cat sits on the mat."
+    assert traj.delays == [2, 4, 4, 6, 6, 6]
+    assert traj.pieces == ["The ca", "t sits", " on the mat."]
+
+
+def test_unit_bound_cuts_a_reply_at_the_first_unit_beyond(codec):
+    """ρ = 1: after 2 words read the translation holds at most 2 words. The token that would start
+    the third word and everything after it are dropped; the end of turn becomes an observation."""
+    _, encode, decode, eot = codec
+    ep = make_mode_episode(codec, "Die Katze sitzt auf", 2, "continue", units_per_read=1.0)
+    start = len(ep.token_ids)
+    reply = encode("The cat sits on")
+    ep.add_action(reply + [eot], [-0.1] * (len(reply) + 1))
+    kept = encode("The cat")
+    assert ep.token_ids[start:start + len(kept) + 1] == kept + [eot]
+    assert ep.action_mask[start:start + len(kept) + 1] == [1] * len(kept) + [0]
+    assert ep.cut_steps == 1 and ep.truncated_steps == 0 and ep.text == "The cat"
+    ep.add_action(encode(" sits on the mat") + [eot])  # the last step: no bound
+    assert ep.trajectory().hypothesis == "The cat sits on the mat"
+
+
+def test_the_end_marker_never_reaches_the_translation(codec):
+    _, encode, _, eot = codec
+    for mode in ("pieces", "continue", "prefix"):
+        ep = make_mode_episode(codec, "Die Katze sitzt", 3, mode)
+        ep.add_action(encode("The cat sits. [END] more") + [eot])
+        traj = ep.trajectory()
+        assert "[END]" not in traj.hypothesis and "END" not in traj.hypothesis
+        assert traj.hypothesis == "The cat sits." and traj.cut_steps == 1
+
+
+def test_writing_rules_by_hand():
+    from rollout.writing import completion_delays, longest_allowed_prefix, unit_bound, unit_ends
+
+    assert unit_ends("The  cat\nsat", "word") == [3, 8, 12]
+    assert unit_ends("我们 在", "char") == [1, 2, 4]
+    assert completion_delays("The cat sat", "word", [5, 11], [3, 6]) == [3, 6, 6]
+    assert unit_bound(4, 10, units_per_read=1.5, schedule_k=None) == 6
+    assert unit_bound(4, 10, units_per_read=1.5, schedule_k=3) == 2
+    assert unit_bound(10, 10, units_per_read=1.5, schedule_k=3) is None
+    assert unit_bound(4, 10, units_per_read=None, schedule_k=None) is None
+    words = ["a", " b", "c", " d", " e"]
+    text = lambda ids: "".join(words[i] for i in ids)   # noqa: E731
+    ids = list(range(5))
+    assert longest_allowed_prefix(ids, text, text, "word", limit=2, marker=None) == 3     # "a bc" (+ " d" cut)
+    assert longest_allowed_prefix(ids, text, text, "word", limit=None, marker="d") == 3
+    assert longest_allowed_prefix(ids, text, text, "word", limit=9, marker=None) == 5

@@ -2,6 +2,8 @@
 teacher-forced forward pass, and streaming episodes run through it keep their invariants."""
 from __future__ import annotations
 
+import math
+
 from collections import Counter
 
 import pytest
@@ -148,7 +150,10 @@ def check_trajectory(traj, cfg, eot):
         if not m:
             break
         run += 1
-    assert run == cfg.max_new_tokens_final
+    # the last step's cap follows the source length (EpisodeConfig.final_tokens_per_source_unit)
+    per_unit = cfg.final_tokens_per_source_unit
+    cap = cfg.max_new_tokens_final if per_unit is None else math.ceil(per_unit * traj.source_length) + 8
+    assert run == min(cfg.max_new_tokens_final, cap)
     assert all(lp == 0.0 for lp, m in zip(traj.logprobs, traj.action_mask) if not m)
     return 1
 
@@ -161,7 +166,10 @@ def check_delays(traj):
 @pytest.mark.parametrize("use_ending", [False, True])
 def test_greedy_episodes_keep_their_invariants(backend, ending_backend, use_ending):
     b = ending_backend if use_ending else backend
-    cfg = EpisodeConfig()
+    # the one-piece-per-turn layout without a unit bound and a fixed last cap: every step ends by
+    # the model or by its cap
+    cfg = EpisodeConfig(layout="pieces", units_per_read=None, final_tokens_per_source_unit=None,
+                        max_new_tokens_final=128)
     factory = EpisodeFactory(b.tokenizer, cfg)
     trajs, stats = run_episodes(b, factory, SOURCES, group_size=2, sampling=GREEDY)
     assert len(trajs) == 2 * len(SOURCES) and stats.cached_prompt_tokens == 0

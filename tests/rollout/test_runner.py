@@ -28,7 +28,8 @@ class ScriptedBackend:
 
 
 def test_lock_step_batches_and_grouping(tiny_tokenizer):
-    cfg = EpisodeConfig(chunk_size=2, max_new_tokens_per_step=8, max_new_tokens_final=16)
+    cfg = EpisodeConfig(chunk_size=2, max_new_tokens_per_step=8, max_new_tokens_final=16,
+                        final_tokens_per_source_unit=None)
     factory = EpisodeFactory(tiny_tokenizer, cfg)
     sources = [Source(10, "a b c d e", "de", "en"), Source(11, "a b", "de", "en")]
     backend = ScriptedBackend(tiny_tokenizer)
@@ -46,6 +47,39 @@ def test_lock_step_batches_and_grouping(tiny_tokenizer):
         assert len(t.token_ids) == len(t.action_mask) == len(t.logprobs)
         assert all(1 <= d <= t.source_length for d in t.delays)
         assert len(t.delays) == len(t.hypothesis.split())
+
+
+def test_final_cap_follows_the_source_length(tiny_tokenizer):
+    cfg = EpisodeConfig(chunk_size=2, max_new_tokens_per_step=8, max_new_tokens_final=40,
+                        final_tokens_per_source_unit=2.0)
+    backend = ScriptedBackend(tiny_tokenizer)
+    sources = [Source(0, "a b", "de", "en"), Source(1, " ".join("abcdefghijklmnopqrstuvwxyz"), "de", "en")]
+    run_episodes(backend, EpisodeFactory(tiny_tokenizer, cfg), sources, group_size=1, sampling=Sampling())
+    # 2 words: ceil(2 x 2) + 8 = 12 tokens; 26 words: 2 x 26 + 8 = 60, capped at 40
+    assert backend.calls[0][1] == [12, 8]
+    assert backend.calls[-1][1] == [40]
+
+
+def test_fixed_waitk_schedule_in_the_episode_layout(tiny_tokenizer):
+    """schedule_k: the end of turn is withheld (min_tokens = the cap) and each step keeps exactly
+    what wait-k allows: read − k + 1 units in all, the rest at the last step."""
+    class Wordy(ScriptedBackend):
+        def generate(self, prompts, max_new_tokens, sampling):
+            self.calls.append((len(prompts), list(max_new_tokens), sampling.min_tokens))
+            ids = self.tok(" w" * 12, add_special_tokens=False)["input_ids"]
+            return [GenerationResult((ids + [self.eot])[:cap], [-1.0] * min(cap, len(ids) + 1), len(p))
+                    for p, cap in zip(prompts, max_new_tokens)]
+
+    cfg = EpisodeConfig(layout="prefix", chunk_size=2, max_new_tokens_per_step=8, final_tokens_per_source_unit=None,
+                        max_new_tokens_final=20)
+    backend = Wordy(tiny_tokenizer)
+    src = Source(0, "a b c d e f g", "de", "en")
+    trajs, _ = run_episodes(backend, EpisodeFactory(tiny_tokenizer, cfg), [src], 1, Sampling(temperature=0.0),
+                            schedule_k=3)
+    # reads 2, 4, 6 then 7: wait-3 allows 0, 2, 4 units, then everything
+    assert [c[2] for c in backend.calls] == [8, 8, 8, 0]
+    assert trajs[0].delays[:4] == [4, 4, 6, 6] and set(trajs[0].delays[4:]) == {7}
+    assert trajs[0].pieces[0] == "" and trajs[0].cut_steps == 3
 
 
 def test_default_chunk_size_by_source_language(tiny_tokenizer):

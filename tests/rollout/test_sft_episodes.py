@@ -32,7 +32,8 @@ def test_pieces_rejoin_to_the_reference():
 
 @pytest.fixture(scope="module")
 def factory(tiny_tokenizer):
-    return EpisodeFactory(tiny_tokenizer, EpisodeConfig(chunk_size=3, system_prompt="Translate {src_lang}."))
+    return EpisodeFactory(tiny_tokenizer, EpisodeConfig(layout="pieces", chunk_size=3,
+                                                        system_prompt="Translate {src_lang}."))
 
 
 class Scripted:
@@ -66,6 +67,38 @@ def test_sft_episode_is_the_rollout_episode(factory, tiny_tokenizer):
     acted = [i for i, m in zip(traj.token_ids, traj.action_mask) if m]
     want = [i for p in pieces for i in factory.encode(p) + [factory.end_of_turn_id]]
     assert acted == want and traj.pieces == pieces
+
+
+@pytest.mark.parametrize("layout", ["continue", "prefix"])
+def test_sft_episode_continues_one_translation(tiny_tokenizer, layout):
+    """In the layouts whose replies continue the translation, the SFT episode is the templated
+    conversation whose every reply is the reference prefix written so far, and whose user turns
+    are the new chunk (continue) or the source read so far (prefix)."""
+    cfg = EpisodeConfig(layout=layout, chunk_size=3, system_prompt="Translate {src_lang}.")
+    fac = EpisodeFactory(tiny_tokenizer, cfg)
+    source = Source(0, SRC, "de", "en", REF)
+    traj = sft_trajectory(fac, source, lag_k=3)
+    pieces = reference_pieces(SRC, REF, "word", "word", 3, 3, cfg.units_per_read)
+    words, messages, written = SRC.split(), [{"role": "system", "content": "Translate German."}], []
+    for k, piece in enumerate(pieces):
+        last = k == len(pieces) - 1
+        user = " ".join(words[3 * k:3 * k + 3]) if layout == "continue" else " ".join(words[:3 * k + 3])
+        written += piece.split()
+        messages += [{"role": "user", "content": user + (" [END]" if last else "")},
+                     {"role": "assistant", "content": " ".join(written)}]
+    text = tiny_tokenizer.apply_chat_template(messages, tokenize=False)
+    assert traj.token_ids == fac.encode(text.removesuffix("\n"))
+    assert traj.hypothesis == REF and traj.cut_steps == 0
+    # the actions are each step's new words (with their leading space) and the end of turn
+    acted = fac.decode([i for i, m in zip(traj.token_ids, traj.action_mask) if m and i != fac.end_of_turn_id])
+    assert acted == REF
+    assert traj.delays == [min(3 * (k + 1), len(words)) for k, p in enumerate(pieces) for _ in p.split()]
+
+
+def test_segmentation_keeps_the_unit_bound():
+    # a reference twice the source's length: lag 0 would write 4 units after 2 words read; ρ=1.5 allows 3
+    pieces = reference_pieces("a b c d", "w1 w2 w3 w4 w5 w6 w7 w8", "word", "word", 2, 0, units_per_read=1.5)
+    assert [len(p.split()) for p in pieces] == [3, 5]
 
 
 def test_prefix_samples_one_per_write(factory):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollout.units import (chunk_source, count_units, join_pieces, num_steps, piece_delays,
+from rollout.units import (chunk_source, count_units, num_steps,
                            split_units, unit_of)
 
 words = st.text(alphabet="abcdeäöüßxyz", min_size=1, max_size=8)
@@ -44,28 +44,20 @@ def test_chunks_partition_the_words(ws, m):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 5), min_size=1, max_size=12), st.integers(1, 6), st.integers(1, 40))
-def test_delays_non_decreasing_and_bounded(units, m, source_length):
-    delays = piece_delays(units, m, source_length)
-    assert len(delays) == sum(units)
+def test_completion_delays_of_whole_words_per_step(units, m, source_length):
+    """Steps that write whole words: every word gets the read of the step that wrote it."""
+    from rollout.units import step_delay
+    from rollout.writing import completion_delays
+
+    text, ends, reads = "", [], []
+    for t, n in enumerate(units, start=1):
+        text += "".join(" w" if text or i else "w" for i in range(n))
+        ends.append(len(text))
+        reads.append(step_delay(t, m, source_length))
+    delays = completion_delays(text, "word", ends, reads)
+    assert delays == [step_delay(t, m, source_length) for t, n in enumerate(units, start=1) for _ in range(n)]
     assert all(a <= b for a, b in zip(delays, delays[1:]))
     assert all(1 <= d <= source_length for d in delays)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.just(""), st.lists(words, min_size=1, max_size=4).map(" ".join)),
-                min_size=1, max_size=8))
-def test_join_keeps_units_and_waits_add_none(pieces):
-    joined = join_pieces(pieces, "word")
-    assert count_units(joined, "word") == sum(count_units(p, "word") for p in pieces)
-    assert join_pieces([p for p in pieces if p], "word") == joined
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.lists(zh_chars, max_size=4).map("".join), min_size=1, max_size=6))
-def test_join_chinese_without_spaces(pieces):
-    joined = join_pieces(pieces, "char")
-    assert " " not in joined and joined == "".join(pieces)
-    assert count_units(joined, "char") == sum(len(p) for p in pieces)
 
 
 @settings(max_examples=300, deadline=None)
