@@ -93,14 +93,39 @@ def shape_rules(cfg) -> list[str]:
     return out
 
 
+# top of each sentence-level scorer's scale (reward.types.ScorerInfo.scale)
+QUALITY_SCALE_TOP = {"chrf": 100.0, "chrf1": 100.0, "chrf_bp": 100.0, "bleu": 100.0, "comet": 1.0}
+
+
+def reward_rules(cfg) -> list[str]:
+    """The reward section on its own. ``latency_floor`` is read only by ``truncate: raw`` and is
+    left alone otherwise (it has a default, so a run that switches truncation off keeps it set)."""
+    rw = cfg.reward
+    out = []
+    if rw.mode == "gated":
+        if rw.quality_threshold is None:
+            out.append("reward.mode=gated: needs reward.quality_threshold (the quality, in the scorer's units, "
+                       "from which latency earns credit; e.g. 30 for chrF)")
+        elif rw.quality_threshold > QUALITY_SCALE_TOP.get(rw.quality, float("inf")):
+            top = QUALITY_SCALE_TOP[rw.quality]
+            out.append(f"reward.quality_threshold={rw.quality_threshold:g}: above the top of {rw.quality}'s scale "
+                       f"({top:g}); no trajectory would earn latency credit")
+    if rw.length_gate is not None and not rw.length_gate[0] < rw.length_gate[1]:
+        lo, hi = rw.length_gate
+        out.append(f"reward.length_gate=[{lo:g}, {hi:g}]: needs lo < hi (the hypothesis/reference length "
+                   "ratios accepted); null turns the gate off")
+    return out
+
+
 RULES = (weight_sync_rules, resource_rules, shape_rules)
 
 
 def config_problems(cfg) -> list[str]:
     """Every cross-field problem of a root config (empty when it is consistent)."""
+    out = reward_rules(cfg) if hasattr(cfg, "reward") else []
     if not all(hasattr(cfg, s) for s in ("rollout", "learner", "reward", "ray")):
-        return []
-    return [p for rule in RULES for p in rule(cfg)]
+        return out
+    return out + [p for rule in RULES for p in rule(cfg)]
 
 
 def check_config(cfg, source: str = "config") -> None:

@@ -86,12 +86,14 @@ class RewardClient:
         batches: list[ScoreBatch] = self._call("score", shard(groups, len(self.actors))) if groups else []
         wall = time.perf_counter() - start
         if not batches:
-            return ScoreBatch([], self._scorer_placeholder(), 0, 0, 0.0, 0.0, {"client_seconds": wall})
+            return ScoreBatch([], self._scorer_placeholder(), 0, 0, 0.0, 0.0,
+                              {"client_seconds": wall, "degenerate": 0})
         return ScoreBatch(
             groups=[g for b in batches for g in b.groups], scorer=batches[0].scorer,
             segments=sum(b.segments for b in batches), scored_segments=sum(b.scored_segments for b in batches),
             seconds=max(b.seconds for b in batches), quality_seconds=max(b.quality_seconds for b in batches),
-            stats={"client_seconds": wall, "replicas": len(batches), "restarts": self.restarts})
+            stats={"client_seconds": wall, "replicas": len(batches), "restarts": self.restarts,
+                   "degenerate": sum(int(b.stats.get("degenerate", 0)) for b in batches)})
 
     def quality(self, items: Sequence[QualityItem]) -> QualityBatch:
         """Raw quality scores of ``items`` in order (see ``RewardWorker.quality``)."""

@@ -1,16 +1,27 @@
 """Sentence-level quality scorers, chosen by name from ``QUALITY_SCORERS``.
 
-- ``chrf``: sacrebleu sentence chrF (chrF2, character 6-grams), 0-100.
-- ``bleu``: sacrebleu sentence BLEU with effective n-gram order (short sentences do not
-  collapse to 0), tokenizer ``zh`` for character-unit (Chinese) targets, else ``13a``; 0-100.
+- ``chrf``: sacrebleu sentence chrF (chrF2, character 6-grams), 0-100. β=2 weights recall
+  twice as much as precision, so extra text costs little: kept for comparability with
+  published chrF numbers.
+- ``chrf1``: the same with β=1 (precision and recall weighted equally): extra text costs as
+  much as missing text; 0-100.
+- ``chrf_bp``: chrF2 times a length penalty on long outputs, exp(1 − |hyp|/|ref|) when
+  |hyp| > |ref| (BLEU's brevity penalty turned round), lengths in non-whitespace characters
+  (``reward.text_metrics.long_output_penalty``): chrF2 up to the reference length; 0-100.
+- ``bleu``: sacrebleu sentence BLEU as sacrebleu recommends for single sentences: effective
+  n-gram order (orders longer than the hypothesis are left out, so short sentences do not
+  collapse to 0) with its default ``exp`` smoothing (a zero n-gram count is replaced by a
+  geometrically shrinking one, Chen & Cherry's method 3); tokenizer ``zh`` for character-unit
+  (Chinese) targets, else ``13a``; 0-100. Its brevity penalty punishes short outputs and its
+  precisions long ones.
 - ``comet``: an ``unbabel-comet`` model from a local checkpoint directory
   (``DIR/checkpoints/model.ckpt`` next to ``DIR/hparams.yaml``), a ``.ckpt`` file, or a hub
   id fetched with ``comet.download_model`` where a hub is reachable. Scored in batches
   (``model.predict``), never one sample at a time. ``comet`` is imported only when this
   scorer is built: it lives in ``.venv-comet`` (DESIGN §4).
 
-Every scorer has ``info`` (:class:`reward.types.ScorerInfo`: name, checkpoint, signature),
-which travels with every score it produces.
+Every scorer has ``info`` (:class:`reward.types.ScorerInfo`: name, checkpoint, signature and
+the top of its scale), which travels with every score it produces.
 """
 from __future__ import annotations
 
@@ -20,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from reward.text_metrics import bleu_tokenizer, sentence_chrf
+from reward.text_metrics import bleu_tokenizer, sentence_chrf, sentence_chrf_bp
 from reward.types import QualityItem, RewardSettings, ScorerInfo
 
 if TYPE_CHECKING:
@@ -42,7 +53,7 @@ def _sacrebleu_version() -> str:
 
 
 class ChrfScorer:
-    """Sentence chrF, identical to ``sacrebleu.metrics.CHRF().sentence_score``."""
+    """Sentence chrF2, identical to ``sacrebleu.metrics.CHRF().sentence_score``."""
 
     def __init__(self) -> None:
         self.info = ScorerInfo("chrf", None, f"chrF2|nc:6|nw:0|version:{_sacrebleu_version()}", scale=100.0)
@@ -51,18 +62,42 @@ class ChrfScorer:
         return [sentence_chrf(it.hypothesis, it.reference) for it in items]
 
 
+class Chrf1Scorer:
+    """Sentence chrF1, identical to ``sacrebleu.metrics.CHRF(beta=1).sentence_score``."""
+
+    def __init__(self) -> None:
+        self.info = ScorerInfo("chrf1", None, f"chrF1|nc:6|nw:0|version:{_sacrebleu_version()}", scale=100.0)
+
+    def score(self, items: Sequence[QualityItem]) -> list[float]:
+        return [sentence_chrf(it.hypothesis, it.reference, beta=1) for it in items]
+
+
+class ChrfBpScorer:
+    """Sentence chrF2 times exp(1 − |hyp|/|ref|) (characters) for a hypothesis longer than its reference."""
+
+    def __init__(self) -> None:
+        self.info = ScorerInfo("chrf_bp", None,
+                               f"chrF2|nc:6|nw:0|lp:exp(1-hyp/ref) if hyp>ref, chars|version:{_sacrebleu_version()}",
+                               scale=100.0)
+
+    def score(self, items: Sequence[QualityItem]) -> list[float]:
+        return [sentence_chrf_bp(it.hypothesis, it.reference) for it in items]
+
+
 @lru_cache(maxsize=4)
 def _bleu(tokenize: str) -> "BLEU":
     from sacrebleu.metrics import BLEU
 
-    return BLEU(tokenize=tokenize, effective_order=True)
+    return BLEU(tokenize=tokenize, effective_order=True, smooth_method="exp")
 
 
 class BleuScorer:
-    """Sentence BLEU; the tokenizer follows each item's target unit (``zh`` for characters)."""
+    """Sentence BLEU (effective order, exp smoothing); the tokenizer follows each item's target
+    unit (``zh`` for characters)."""
 
     def __init__(self) -> None:
-        self.info = ScorerInfo("bleu", None, f"BLEU|eff:yes|tok:13a or zh|version:{_sacrebleu_version()}",
+        self.info = ScorerInfo("bleu", None,
+                               f"BLEU|eff:yes|smooth:exp|tok:13a or zh|version:{_sacrebleu_version()}",
                                scale=100.0)
 
     def score(self, items: Sequence[QualityItem]) -> list[float]:
@@ -133,6 +168,8 @@ def _hub_id(model: str) -> bool:
 
 QUALITY_SCORERS: dict[str, Callable[[RewardSettings], QualityScorer]] = {
     "chrf": lambda s: ChrfScorer(),
+    "chrf1": lambda s: Chrf1Scorer(),
+    "chrf_bp": lambda s: ChrfBpScorer(),
     "bleu": lambda s: BleuScorer(),
     "comet": lambda s: CometScorer(_require(s.comet_model), s.comet_batch_size, s.device),
 }

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import ray
 
-from reward.fusion import fuse_group, raw_latency
+from reward.fusion import fuse_group, length_ratio, raw_latency
 from reward.scorers import QualityScorer, build_scorer
 from reward.types import (
     GroupReward, QualityBatch, QualityItem, RewardInput, RewardSettings, ScoreBatch)
@@ -63,7 +63,10 @@ def score_groups(groups: Sequence[Sequence[RewardInput]], scorer: QualityScorer,
         out.append(fuse_group(
             qualities, lats, chunk_size=group[0].chunk_size, source_length=group[0].source_length,
             lam=settings.lam, truncate=settings.truncate, truncate_c=settings.truncate_c,
-            mode=settings.mode, scorer=scorer.info))
+            latency_floor=settings.latency_floor, mode=settings.mode,
+            length_ratios=[length_ratio(item) for item in group], length_gate=settings.length_gate,
+            quality_threshold=settings.quality_threshold, max_latency=settings.max_latency,
+            scorer=scorer.info))
     return out, len(batch), quality_seconds
 
 
@@ -81,14 +84,16 @@ class RewardWorker:
         self._restarted = _reconstructed()
 
     def score(self, groups: Sequence[Sequence[RewardInput]]) -> ScoreBatch:
-        """Fused rewards of many groups, with this call's scoring time."""
+        """Fused rewards of many groups, with this call's scoring time and its count of
+        ``degenerate`` hypotheses (outside the length gate)."""
         start = time.perf_counter()
         results, scored, quality_seconds = score_groups(groups, self.scorer, self.settings)
         seconds = time.perf_counter() - start
         segments = sum(len(g) for g in groups)
         self._record(segments, seconds)
+        degenerate = sum(t.gated for g in results for t in g.trajectories)
         return ScoreBatch(results, self.scorer.info, segments, scored, seconds, quality_seconds,
-                          self.stats())
+                          {**self.stats(), "degenerate": degenerate})
 
     def quality(self, items: Sequence[QualityItem]) -> QualityBatch:
         """Raw quality of each item, scored as given (empty hypotheses included), in one batch.

@@ -1,4 +1,4 @@
-"""Text units and string-based quality metrics (BLEU, chrF) on top of sacrebleu.
+"""Text units and string-based quality metrics (BLEU, chrF and its variants) on top of sacrebleu.
 
 Units follow SimulEval 1.1.x (``--eval-latency-unit``), so lengths and delays line up with
 published numbers:
@@ -20,6 +20,7 @@ sacrebleu is imported inside the functions: callers that only count units never 
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
@@ -77,12 +78,12 @@ def corpus_bleu(hyps: Sequence[str], refs: Sequence[str], tokenize: str = "13a")
     return float(BLEU(tokenize=tokenize).corpus_score(list(hyps), [list(refs)]).score)
 
 
-@lru_cache(maxsize=1)
-def _chrf() -> "CHRF":
-    # One scorer object: sentence_chrf runs once per trajectory in the reward loop.
+@lru_cache(maxsize=4)
+def _chrf(beta: int = 2) -> "CHRF":
+    # One scorer object per beta: sentence_chrf runs once per trajectory in the reward loop.
     from sacrebleu.metrics import CHRF
 
-    return CHRF()
+    return CHRF(beta=beta)
 
 
 def corpus_chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
@@ -91,6 +92,26 @@ def corpus_chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
     return float(_chrf().corpus_score(list(hyps), [list(refs)]).score)
 
 
-def sentence_chrf(hyp: str, ref: str) -> float:
-    """chrF of one hypothesis against one reference, on the 0-100 scale."""
-    return float(_chrf().sentence_score(hyp, [ref]).score)
+def sentence_chrf(hyp: str, ref: str, beta: int = 2) -> float:
+    """chrF of one hypothesis against one reference, on the 0-100 scale (β=2: chrF2, recall
+    weighted twice as much as precision; β=1: chrF1, both weighted equally)."""
+    return float(_chrf(beta).sentence_score(hyp, [ref]).score)
+
+
+def char_length(text: str) -> int:
+    """Characters other than whitespace: the characters chrF's n-grams are made of."""
+    return sum(1 for c in text if not c.isspace())
+
+
+def long_output_penalty(hyp: str, ref: str) -> float:
+    """BLEU's brevity penalty turned round for long outputs: exp(1 − |hyp|/|ref|) when the
+    hypothesis is longer than the reference, else 1; lengths in characters (``char_length``),
+    so the same rule holds for Chinese targets without a word segmenter."""
+    h, r = char_length(hyp), char_length(ref)
+    return math.exp(1.0 - h / r) if r > 0 and h > r else 1.0
+
+
+def sentence_chrf_bp(hyp: str, ref: str) -> float:
+    """chrF2 × ``long_output_penalty``: chrF2's meaning for outputs up to the reference length,
+    discounted for every character beyond it (0-100)."""
+    return sentence_chrf(hyp, ref) * long_output_penalty(hyp, ref)

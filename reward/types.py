@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Sequence
 
 Unit = Literal["word", "char"]
-Quality = Literal["chrf", "bleu", "comet"]
+Quality = Literal["chrf", "chrf1", "chrf_bp", "bleu", "comet"]
 Truncate = Literal["raw", "normalized", "none"]
 LatencyMetric = Literal["al", "laal"]
-Mode = Literal["fused", "quality_only", "latency_only"]
+Mode = Literal["fused", "gated", "quality_only", "latency_only"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class RewardInput:
     ``hypothesis`` was written (one delay per unit; none for an empty hypothesis);
     ``source_length`` is |X| in source units; ``unit`` is the target's latency unit (the
     caller decides it from the language: the reward knows units, not languages);
-    ``chunk_size`` is m, the source units per streaming step (the floor of ``truncate="raw"``).
+    ``chunk_size`` is m, the source units per streaming step (the floor of ``truncate="raw"``
+    when ``latency_floor`` is None: SeqPO's published truncation).
     """
 
     source: str
@@ -61,8 +62,15 @@ class RewardSettings:
     lam: float = 2.0
     truncate: Truncate = "raw"
     truncate_c: float = -1.0
-    latency_metric: LatencyMetric = "al"
+    # floor of truncate=raw in source units; None = the chunk size m (SeqPO's published form)
+    latency_floor: float | None = 4.0
+    latency_metric: LatencyMetric = "laal"
+    # (lo, hi) hypothesis/reference length ratio in target units; outside = degenerate; None = off
+    length_gate: tuple[float, float] | None = (0.5, 2.0)
     mode: Mode = "fused"
+    # mode=gated: latency counts only for quality >= quality_threshold and lag below max_latency
+    quality_threshold: float | None = None
+    max_latency: float = 10.0
     replicas: int = 1
     num_cpus: float = 1.0
     # Interpreter of the COMET service (relative paths: from the repository root);
@@ -73,7 +81,8 @@ class RewardSettings:
 @dataclass(frozen=True)
 class ScorerInfo:
     """Which quality scorer produced a score: name, checkpoint (COMET), metric signature, and the
-    top of its scale (100 for chrF and BLEU, 1 for COMET; ``reward.dev_reward`` divides by it)."""
+    top of its scale (100 for chrF, its variants and BLEU, 1 for COMET; ``reward.dev_reward``
+    divides by it)."""
 
     name: str
     checkpoint: str | None = None
@@ -88,12 +97,14 @@ class ScorerInfo:
 class TrajectoryReward:
     """Every component of one trajectory's reward (DESIGN §2.2).
 
-    ``quality``: q_i as fused (an empty hypothesis gets the group floor, see
+    ``quality``: q_i as fused (an empty or degenerate hypothesis gets the group floor, see
     ``reward.fusion``); ``latency``: raw AL/LAAL, ``None`` for an empty hypothesis (it has no
-    latency score); ``latency_truncated``: l'_i that enters the z-score (``raw``: max(l, m);
-    ``none`` and ``normalized``: l, with an empty hypothesis's stand-in filled in);
-    ``z_quality``, ``z_latency``: the two standardised terms (for ``normalized`` the latter is
-    max(z(l), c)); ``reward``: r_i.
+    latency score); ``latency_truncated``: l'_i (``raw``: max(l, floor); ``none`` and
+    ``normalized``: l), with the worst-of-group stand-in for an empty or degenerate hypothesis;
+    ``latency_term``: what enters the latency z-score (l'_i, or in ``gated`` mode the hinge
+    h_i); ``z_quality``, ``z_latency``: the two standardised terms (for ``normalized`` the
+    latter is max(z, c)); ``reward``: r_i; ``empty``: nothing written; ``gated``: a non-empty
+    hypothesis outside ``length_gate`` (degenerate: scored like an empty one).
     """
 
     quality: float
@@ -103,6 +114,8 @@ class TrajectoryReward:
     z_latency: float
     reward: float
     empty: bool
+    gated: bool = False
+    latency_term: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +144,8 @@ class ScoreBatch:
 
     ``seconds`` is the whole call inside the service, ``quality_seconds`` its batched
     quality scoring; ``segments`` counts trajectories, ``scored_segments`` those that went
-    through the quality scorer (empty hypotheses do not).
+    through the quality scorer (empty hypotheses do not); ``stats`` holds the replica's totals
+    and ``degenerate``, this call's count of hypotheses outside the length gate.
     """
 
     groups: list[GroupReward]
