@@ -29,10 +29,11 @@ class DevResult:
         return {k: v for k, v in asdict(self).items() if k != "instances"}
 
 
-def evaluate_dev(pool, reward_client, dev: Dataset, lam: float) -> DevResult:
+def evaluate_dev(pool, reward_client, dev: Dataset) -> DevResult:
     """Greedy rollouts (B=1) on the dev pairs; per sentence (``orchestration.training.dev_instances``)
-    quality, latency, waits, length ratio and the dev reward (``reward.dev_reward``, λ = ``lam``);
-    the means over sentences, with ``wait_share`` the mean of the sentences' shares."""
+    quality, latency, waits, length ratio and the dev reward (``reward.dev_reward``: a fixed
+    yardstick, none of the run's reward settings enter it); the means over sentences, with
+    ``wait_share`` the mean of the sentences' shares."""
     from orchestration.training.dev_instances import sentence_records
     from reward.types import QualityItem
     from rollout.types import Sampling
@@ -43,7 +44,7 @@ def evaluate_dev(pool, reward_client, dev: Dataset, lam: float) -> DevResult:
     unit = unit_of(dev.tgt_lang)
     q = reward_client.quality([QualityItem(source=s.text, hypothesis=t["hypothesis"], reference=s.reference or "",
                                            unit=unit) for s, t in zip(sources, trajs)])
-    rows = sentence_records(sources, trajs, q.scores, q.scorer.scale, lam, unit)
+    rows = sentence_records(sources, trajs, q.scores, q.scorer.scale, unit)
     lat = [r for r in rows if not r["empty"]]
     return DevResult(quality=mean_finite(q.scores), AL=mean_finite([r["AL"] for r in lat]),
                      LAAL=mean_finite([r["LAAL"] for r in lat]), reward=mean_finite([r["reward"] for r in rows]),

@@ -5,7 +5,8 @@ before/after comparison over them.
 SimulEval's ``index``, ``source_length``, ``delays``, ``prediction``, ``reference`` plus that
 sentence's ``quality``, ``AL``, ``LAAL`` (None for an empty hypothesis), ``wait_share`` (share of
 the non-final turns left empty), ``length_ratio`` (hypothesis/reference units) and the dev
-``reward``, so anyone can recompute the intervals (``orchestration.eval.paired_ci``).
+``reward`` (``reward.dev_reward``: the same yardstick for every run, whatever its reward
+settings), so anyone can recompute the intervals (``orchestration.eval.paired_ci``).
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ PAIRED_METRICS = {"reward": "dev reward", "quality": "quality", "AL": "AL", "LAA
 
 
 def sentence_records(sources: Sequence, trajs: Sequence[dict[str, Any]], scores: Sequence[float],
-                     scale: float, lam: float, unit: str) -> list[dict[str, Any]]:
-    """One record per greedy dev trajectory (B=1, in the order of ``sources``)."""
+                     scale: float, unit: str) -> list[dict[str, Any]]:
+    """One record per greedy dev trajectory (B=1, in the order of ``sources``); ``scores`` and
+    ``scale`` come from the run's quality scorer, nothing else from the run's settings."""
     from orchestration.training.trajectories import wait_share
-    from reward.dev_reward import dev_reward
+    from reward.dev_reward import dev_latency, dev_reward
     from reward.latency import al, laal
     from reward.text_metrics import reference_length
 
@@ -39,8 +41,8 @@ def sentence_records(sources: Sequence, trajs: Sequence[dict[str, Any]], scores:
             "quality": q, "AL": a, "LAAL": la,
             "wait_share": wait_share([t]),
             "length_ratio": len(delays) / ref_len if ref_len else None,
-            "reward": dev_reward(q, a, source_length=t["source_length"], chunk_size=t["meta"]["chunk_size"],
-                                 lam=lam, quality_scale=scale),
+            "reward": dev_reward(q, dev_latency(delays, t["source_length"], ref_len),
+                                 source_length=t["source_length"], quality_scale=scale),
             "empty": not delays,
         })
     return rows

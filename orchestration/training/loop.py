@@ -273,7 +273,7 @@ class TrainingRun:
 
     def evaluate(self, tag: str) -> DevResult:
         with self.ahead.exclusive():   # no rollout ahead runs on the pool meanwhile
-            res = evaluate_dev(self.rollout, self.reward, self.dev_set, self.cfg.reward.lam)
+            res = evaluate_dev(self.rollout, self.reward, self.dev_set)
         write_instances(self.run_dir, tag, res.instances)   # per sentence, for the paired intervals
         self.history[tag] = res.as_dict()
         return res

@@ -187,7 +187,7 @@ class SftRun:
         t0 = time.perf_counter()
         if version > 0:
             self.weights.push(version)
-        dev = evaluate_dev(self.pool, self.reward, self.dev_set, self.cfg.reward.lam)
+        dev = evaluate_dev(self.pool, self.reward, self.dev_set)
         write_instances(self.run_dir, tag, dev.instances)   # per sentence, for the paired intervals
         res = dev.as_dict()
         return {k: v for k, v in res.items() if k != "scorer"} | {"seconds": time.perf_counter() - t0}

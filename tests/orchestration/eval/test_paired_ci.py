@@ -87,7 +87,7 @@ def test_sentence_records_carry_simuleval_fields_and_each_sentences_metrics(tmp_
     sources = [Source(0, "a b c d e f", "de", "en", "x y z w"), Source(1, "a b c", "de", "en", "x y")]
     trajs = [_traj(["", "x y", "z w"], [6, 6, 6, 6], 6),            # waited one turn, wrote at the end
              _traj(["", "", ""], [], 3)]                             # empty hypothesis
-    rows = sentence_records(sources, trajs, [50.0, 0.0], scale=100.0, lam=2.0, unit="word")
+    rows = sentence_records(sources, trajs, [50.0, 0.0], scale=100.0, unit="word")
     first, second = rows
     for key in ("index", "source_length", "delays", "prediction", "reference", "quality", "AL", "LAAL",
                 "wait_share", "length_ratio", "reward"):
@@ -97,7 +97,7 @@ def test_sentence_records_carry_simuleval_fields_and_each_sentences_metrics(tmp_
     assert first["wait_share"] == pytest.approx(0.5) and first["length_ratio"] == pytest.approx(1.0)
     assert first["reward"] == pytest.approx(2.0 * 0.5 - 6.0 / 6)
     assert second["AL"] is None and second["empty"] and second["wait_share"] == 1.0
-    assert second["reward"] == pytest.approx(dev_reward(0.0, None, source_length=3, chunk_size=3, lam=2.0, quality_scale=100.0)) == -1.0
+    assert second["reward"] == pytest.approx(dev_reward(0.0, None, source_length=3, quality_scale=100.0)) == -1.0
 
     write_instances(tmp_path, "before", rows)
     write_instances(tmp_path, "after", [{**r, "quality": r["quality"] + 1.0} for r in rows])
