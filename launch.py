@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 BENCHMARKS = {
     "rollout": "orchestration.bench.rollout:main",
     "reward": "orchestration.bench.reward:main",
+    "metrics": "orchestration.bench.metrics:main",
     "sft": "orchestration.bench.sft:main",
     "train": "orchestration.bench.train:main",
     "scaling": "orchestration.bench.scaling:main",

@@ -23,6 +23,7 @@ COMMANDS = {
     **{f"ablations/{p.name}": "train" for p in (CONFIGS / "ablations").glob("*.yaml")},
     "bench/rollout-cpu.yaml": "bench-rollout",
     "bench/reward-chrf.yaml": "bench-reward",
+    "bench/metrics.yaml": "bench-metrics",
     "bench/train-cpu.yaml": "train",
     "bench/sync-cpu.yaml": "train",
     "bench/scaling-cpu.yaml": "train",
