@@ -55,12 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="orchestration.commands:list_datasets")
 
     p = sub.add_parser("score", help="score SimulEval-style instances (latency, BLEU, chrF) as one JSON object")
-    p.add_argument("--instances", required=True, metavar="FILE", help="JSON lines: source_length, delays, prediction[, reference]")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--instances", metavar="FILE", help="JSON lines: source_length, delays, prediction[, reference]")
+    what.add_argument("--curve", metavar="DIR",
+                      help="an eval run directory: every setting's distance to its wait-k curve (DIR/scoreboard.json)")
     p.add_argument("--latency-unit", choices=["word", "char"], default="word",
                    help="unit of delays and lengths: word (whitespace) or char (Chinese)")
     p.add_argument("--per-instance", action="store_true", help="add per-instance latency scores")
     p.add_argument("--against", metavar="BASE", default=None,
                    help="instances of the same sentences to compare with: paired 95%% intervals of the differences")
+    p.add_argument("--replicates", type=int, default=1000, metavar="N",
+                   help="--curve: bootstrap resamples of the sentences (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="--curve: seed of the resamples (default 0)")
     p.set_defaults(handler="orchestration.eval.score:main")
 
     p = sub.add_parser("bench", help="measure speed or metric quality; writes DIR/bench_<kind>.json")

@@ -217,6 +217,12 @@ def paired_against(instances: list[ScoredInstance], base: list[ScoredInstance], 
 
 
 def main(args: argparse.Namespace) -> int:
+    """``launch.py score``: one instances file (optionally paired with another), or with
+    ``--curve DIR`` the scoreboard of an eval run (:mod:`orchestration.eval.curve_run`)."""
+    if getattr(args, "curve", None):
+        from orchestration.eval.curve_run import main as curve_main
+
+        return curve_main(args)
     unit: Unit = args.latency_unit
     instances = read_instances(Path(args.instances), unit)
     base = read_instances(Path(args.against), unit) if getattr(args, "against", None) else None
