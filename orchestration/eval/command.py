@@ -6,6 +6,11 @@ time (one engine per backend; a learned setting with a checkpoint gets a fresh e
 progress bar per setting. The run directory holds ``config.yaml``, ``settings/NAME/
 {instances.jsonl,scores.json}``, ``curves.png`` and ``summary.json``. Re-running the same command
 (same ``run.dir``) skips every setting whose ``scores.json`` was written with the same inputs.
+
+With ``eval.curve_k`` the run gains the wait-k settings of those k it does not list; a wait-k
+setting finished by any earlier run of the same model, data and decoder inputs is copied from
+``eval.curve_cache`` instead of decoded again (:mod:`orchestration.eval.curve_cache`), and every
+other setting is scored against the wait-k curve (``scoreboard.json``, ``summary.json``).
 """
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ from orchestration.data import Dataset, load_pairs
 from orchestration.errors import UserInputError
 from orchestration.model_path import check_model_path, model_to_load
 from orchestration.eval.config import EvalRootConfig, RunSetting, expand_settings, expost_slots, load_eval_config
+from orchestration.eval.curve import format_scoreboard, is_curve_params
+from orchestration.eval.curve_cache import CurveCache, curve_key
+from orchestration.eval.curve_run import run_scoreboard, with_curve_settings
 from orchestration.eval.plot import plot_quality_latency, summary_table
 from orchestration.runtime import start_ray, write_json_atomic
 from rollout.units import unit_of
@@ -51,13 +59,15 @@ def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
 
 def fingerprint(cfg: EvalRootConfig, setting: RunSetting, ds: Dataset) -> dict[str, Any]:
     """Everything a setting's result depends on; a finished setting is redone if it changes."""
-    ev = cfg.eval.model_dump(exclude={"settings", "plot_quality", "batch_size", "hf_batch_size"})
+    ev = cfg.eval.model_dump(exclude={"settings", "plot_quality", "batch_size", "hf_batch_size",
+                                      "curve_k", "curve_cache", "curve_replicates"})
     layout = cfg.rollout.episode.model_dump() if setting.params["type"] == "learned" else None
     return {"params": setting.params, "backend": setting.backend, "model": cfg.model.model_dump(),
             "data": {"set": ds.spec.name, "lines": len(ds)}, "eval": ev, "episode": layout}
 
 
 def finished_scores(path: Path, want: dict[str, Any]) -> dict[str, Any] | None:
+    """The setting's scores.json when it was written with the same inputs, else None."""
     if not path.is_file():
         return None
     try:
@@ -124,8 +134,50 @@ def run_group(cfg: EvalRootConfig, backend: str, needs_lora: bool, todo: list[tu
     return results
 
 
-def run_eval(cfg: EvalRootConfig, run_dir: Path) -> list[dict[str, Any]]:
-    settings = expand_settings(cfg.eval)
+class _Curves:
+    """The curve cache of this run's wait-k curve settings, one key per backend (none without
+    eval.curve_k or eval.curve_cache)."""
+
+    def __init__(self, cfg: EvalRootConfig, dataset: str, sources: list[dict[str, Any]]):
+        self.cfg, self.dataset, self.sources = cfg, dataset, sources
+        self.caches: dict[str, CurveCache] = {}
+
+    def cache(self, s: RunSetting) -> CurveCache | None:
+        """The cache a setting belongs to, or None when it is no cached curve point."""
+        ev = self.cfg.eval
+        if not (ev.curve_k and ev.curve_cache and is_curve_params(s.params)):
+            return None
+        if s.backend not in self.caches:
+            key = curve_key(self.cfg, s.backend, self.dataset, self.sources)
+            self.caches[s.backend] = CurveCache(repo_path(ev.curve_cache), key)
+        return self.caches[s.backend]
+
+    def store(self, settings: list[RunSetting], run_dir: Path) -> None:
+        """Keep these finished curve settings in the cache (those not there yet)."""
+        for s in settings:
+            cache = self.cache(s)
+            if cache is not None and cache.store(s.params["k"], run_dir / "settings" / s.name):
+                print(f"{s.name}: kept in the curve cache ({cache.entry(s.params['k'])})")
+
+
+def _scoreboard(cfg: EvalRootConfig, run_dir: Path, settings: list[RunSetting], unit: str) -> dict[str, Any] | None:
+    """Every non-curve setting against the run's wait-k curve (None when the curve is off or
+    has fewer than two k)."""
+    ks = {s.params["k"] for s in settings if is_curve_params(s.params)}
+    if not cfg.eval.curve_k:
+        return None
+    if len(ks) < 2:
+        print(f"scoreboard: skipped, the wait-k curve needs two k values (this run has {sorted(ks)})")
+        return None
+    board = run_scoreboard(run_dir, unit, names=[s.name for s in settings],
+                           replicates=cfg.eval.curve_replicates, seed=cfg.run.seed)
+    write_json_atomic(run_dir / "scoreboard.json", board)
+    return board
+
+
+def run_eval(cfg: EvalRootConfig, run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Run (or resume) the sweep; returns every setting's scores and the scoreboard."""
+    settings = with_curve_settings(cfg.eval, expand_settings(cfg.eval))
     check_inputs(cfg, settings)
     ds = load_pairs(cfg.data.test, cfg.data, seed=cfg.run.seed, purpose="test", limit=cfg.data.limit, shuffle=False)
     write_resolved_config(cfg, run_dir)  # type: ignore[arg-type]
@@ -133,14 +185,21 @@ def run_eval(cfg: EvalRootConfig, run_dir: Path) -> list[dict[str, Any]]:
                 "reference": p.reference} for p in ds]
     meta = {"dataset": ds.spec.name, "lines": len(ds), "model": cfg.model.path,
             "latency_unit": unit_of(ds.tgt_lang)}
+    curves = _Curves(cfg, ds.spec.name, sources)
     done: dict[str, dict[str, Any]] = {}
     pending: list[tuple[RunSetting, dict]] = []
     for s in settings:
         fp = fingerprint(cfg, s, ds)
-        prior = finished_scores(run_dir / "settings" / s.name / "scores.json", fp)
+        where = run_dir / "settings" / s.name
+        prior = finished_scores(where / "scores.json", fp)
+        cache = curves.cache(s)
         if prior is not None:
-            print(f"{s.name}: finished earlier, kept ({run_dir / 'settings' / s.name})")
+            print(f"{s.name}: finished earlier, kept ({where})")
             done[s.name] = prior
+        elif cache is not None and (hit := cache.restore(s.params["k"], where, dict(
+                meta, backend=s.backend, fingerprint=fp, setting=s.name, line=s.line))) is not None:
+            print(f"{s.name}: reused from the curve cache ({cache.entry(s.params['k'])})")
+            done[s.name] = hit
         else:
             pending.append((s, fp))
     if pending:
@@ -152,23 +211,36 @@ def run_eval(cfg: EvalRootConfig, run_dir: Path) -> list[dict[str, Any]]:
                 for s, scores in zip(group, run_group(cfg, backend, lora, todo, sources, run_dir, meta)):
                     done[s.name] = scores
         finally:
+            # what this command decoded, also when a later group failed (a setting kept from an
+            # earlier run stays out: its model files may have changed since, unlike the key's)
+            curves.store([s for s, fp in pending if finished_scores(run_dir / "settings" / s.name / "scores.json",
+                                                                     fp) is not None], run_dir)
             if started:
                 import ray
 
                 ray.shutdown()
-    rows = [done[s.name] for s in settings]
+    board = _scoreboard(cfg, run_dir, settings, meta["latency_unit"])
+    distance = {p["setting"]: p for p in (board or {}).get("points", [])}
+    rows = [dict(done[s.name], **({"scoreboard": {k: distance[s.name][k] for k in ("distance", "curve_ks")}}
+                                  if s.name in distance else {})) for s in settings]
     title = f"{cfg.model.path} · {ds.spec.name} · {len(ds)} lines"
-    plot_quality_latency(rows, run_dir / "curves.png", cfg.eval.plot_quality, title)
-    write_json_atomic(run_dir / "summary.json", {"dataset": ds.spec.name, "lines": len(ds), "rows": [
-        {k: v for k, v in r.items() if k not in ("fingerprint", "stats")} for r in rows]})
-    return rows
+    plot_quality_latency(rows, run_dir / "curves.png", cfg.eval.plot_quality, title, board=board)
+    summary = {"dataset": ds.spec.name, "lines": len(ds), "rows": [
+        {k: v for k, v in r.items() if k not in ("fingerprint", "stats")} for r in rows]}
+    if board is not None:
+        summary["scoreboard"] = board
+    write_json_atomic(run_dir / "summary.json", summary)
+    return rows, board
 
 
 def main(args: argparse.Namespace) -> int:
+    """``launch.py eval``: run the sweep, print its table and the scoreboard."""
     cfg = load_eval_config(args.config, args.overrides)
     run_dir = resolve_run_dir(cfg)  # type: ignore[arg-type]
-    rows = run_eval(cfg, run_dir)
+    rows, board = run_eval(cfg, run_dir)
     print(summary_table(rows))
-    print(f"run directory: {run_dir} (curves.png, summary.json, settings/*/instances.jsonl, scores.json)")
+    if board is not None:
+        print(format_scoreboard(board))
+    extra = ", scoreboard.json" if board is not None else ""
+    print(f"run directory: {run_dir} (curves.png, summary.json{extra}, settings/*/instances.jsonl, scores.json)")
     return 0
-

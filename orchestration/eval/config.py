@@ -134,6 +134,16 @@ class EvalConfig(_Section):
                                      description="interpreter of the COMET actor (relative to the repository)")
     comet_batch_size: int = Field(32, ge=1, le=4096, description="segments per COMET batch")
     plot_quality: Literal["BLEU", "chrF", "COMET"] = Field("BLEU", description="quality axis of curves.png")
+    # the scoreboard: every other setting's distance to the wait-k curve (orchestration/eval/curve.py)
+    curve_k: list[K] = Field(
+        default_factory=lambda: list(range(1, 10)), max_length=100,
+        description="k of the wait-k curve every other setting is scored against (added to the run unless "
+                    "listed); [] = no curve, no scoreboard")
+    curve_cache: PathStr | None = Field(
+        "runs/curves", description="where finished wait-k curve points are kept and reused across runs "
+                                   "(relative to the repository); null = no cache")
+    curve_replicates: int = Field(1000, ge=1, le=100_000,
+                                  description="bootstrap resamples of the sentences for the scoreboard's intervals")
 
 
 class EvalRootConfig(_Section):

@@ -92,6 +92,7 @@ eval:
   backend: {backend}
   hf_batch_size: 4
   max_new_tokens_final: 12
+  curve_k: []                    # only the listed settings (test_curve_run.py covers the curve)
   settings:
 {settings}
 """)
