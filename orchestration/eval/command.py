@@ -61,7 +61,8 @@ def fingerprint(cfg: EvalRootConfig, setting: RunSetting, ds: Dataset) -> dict[s
     """Everything a setting's result depends on; a finished setting is redone if it changes."""
     ev = cfg.eval.model_dump(exclude={"settings", "plot_quality", "batch_size", "hf_batch_size",
                                       "curve_k", "curve_cache", "curve_replicates"})
-    layout = cfg.rollout.episode.model_dump() if setting.params["type"] == "learned" else None
+    in_episodes = setting.params["type"] == "learned" or setting.params.get("layout") == "episode"
+    layout = cfg.rollout.episode.model_dump() if in_episodes else None
     return {"params": setting.params, "backend": setting.backend, "model": cfg.model.model_dump(),
             "data": {"set": ds.spec.name, "lines": len(ds)}, "eval": ev, "episode": layout}
 
