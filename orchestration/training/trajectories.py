@@ -87,12 +87,14 @@ def group_metrics(scored, trajs: Sequence[dict[str, Any]], zero_groups: int) -> 
         "reward/latency_mean": mean_finite([t.latency for t in flat]),
         "reward/latency_truncated_mean": mean_finite([t.latency_truncated for t in flat]),
         "reward/empty_hypotheses": sum(t.empty for t in flat),
+        "reward/degenerate": sum(t.gated for t in flat),
         "reward/zero_advantage_groups": zero_groups,
         "reward/zero_advantage_share": zero_groups / max(len(scored.groups), 1),
         "rollout/action_tokens_mean": mean_finite([sum(t["action_mask"]) for t in trajs]),
         "rollout/length_mean": mean_finite([len(t["token_ids"]) for t in trajs]),
         "rollout/wait_share": wait_share(trajs),
         "rollout/truncated_steps": sum(t["truncated_steps"] for t in trajs),
+        "rollout/cut_steps": sum(t.get("cut_steps", 0) for t in trajs),
     }
 
 
@@ -112,5 +114,5 @@ def save_rollouts(run_dir, step: int, sources: Sequence, trajs: Sequence[dict[st
             f.write(json.dumps({"group": t["meta"]["group"], "source_index": t["meta"]["source_index"],
                                 "sample": t["meta"]["sample"], "token_ids": t["token_ids"],
                                 "logprobs": t["logprobs"], "hypothesis": t["hypothesis"], "reward": r.reward,
-                                "quality": r.quality, "advantage": a}, ensure_ascii=False) + "\n")
+                                "quality": r.quality, "degenerate": r.gated, "advantage": a}, ensure_ascii=False) + "\n")
     os.replace(tmp, out)
