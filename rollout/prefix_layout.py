@@ -5,27 +5,43 @@ The prompt of a sentence with j source units read and translation ids y so far i
     [system] [user: x_1..x_j] [assistant header] y
 
 (the chat template's own turn markers; y are the ids the model generated, never re-tokenised).
-A WRITE writes one target unit (a word; a character for Chinese); a token holding several units
-is committed whole and its units are released one per WRITE as the policy allows each
-(:mod:`rollout.simul_policies`, "Units and tokens"), so every delay obeys the policy's bounds.
+A WRITE writes one target unit (a word; a character for Chinese), and every unit is generated
+from exactly the source prefix its delay records (:mod:`rollout.simul_policies`, "Units and
+tokens"): a token holding several units is written whole, all its units with the delay of the
+WRITE that generated it; a unit begun (an open word, an unfinished character) is finished at the
+same read position, with no READ and no policy decision before it is complete; and the
+look-ahead token that shows a word ended (its text starts with whitespace, the next word's first
+piece, generated with this word's source) is discarded: the word is closed without it
+(:meth:`~rollout.simul_policies.IncrementalText.close`) and the next WRITE generates afresh from
+the prompt that ends with the closed word, with the source that WRITE's own delay records. If that
+regenerated text glues onto the closed word ("house" + ","), it starts a new unit anyway: the
+prediction gets a space there (``split_after_close`` in the statistics; the target ids stay the
+model's). sacreBLEU's 13a tokenizer splits punctuation such as , . ! ? : ; off a word and chrF
+(character n-grams, nw:0) ignores whitespace, so a space before such punctuation moves neither
+metric; one before letters, an apostrophe or a hyphen does change BLEU's tokens, which is why the
+splits are counted. Character units never split. The final WRITE (source complete) discards
+nothing. The cost: one more generated token per word, the discarded look-ahead (counted in
+``discarded_lookahead``), whose position the next WRITE generates again.
+
 Every sentence of a batch advances in lock-step: one tick first settles every sentence's
 READ/WRITE decision (reads the rule decides are free; LSG's in-range decisions take one batched
-next-token-distribution call per round, current and wait-1 prompts together), then every writer
-with a unit already pending writes it, one batched ``generate`` produces the next unit for the
-other writers whose source is unfinished, and one more finishes every sentence whose source is
-complete. Generated tokens are kept up to the one that completes a unit (for a word: the token
-that starts the next word, kept as that word's first piece); the text grows incrementally
+next-token-distribution call per round, current and wait-1 prompts together), then one batched
+``generate`` produces the next unit(s) for every writer whose source is unfinished, and one more
+finishes every sentence whose source is complete. Generated tokens are kept up to the last one
+of the units a call completes; the text grows incrementally
 (:class:`~rollout.simul_policies.IncrementalText`), never by decoding all target ids again. The
 end of the translation is not chosen before the source is complete (``min_tokens=1``).
 
 Safety valve: after ``MAX_EMPTY_WRITES`` generation calls in a row that complete no unit,
 - a word still open (one word longer than all those tokens) is cut there: it is written as one
-  unit now, within the policy's bounds, and the prediction gets a space at the cut
-  (``cut_words`` in the statistics; the target ids stay the model's);
-- with no open word (the model wrote only whitespace) a READ is forced. Such a read may step
-  past the policy's bound; every one is recorded in ``SimulOutput.forced_reads`` with
-  ``beyond_bound`` and counted in the statistics (``forced_reads``,
-  ``forced_reads_beyond_bound``), so a report can say so.
+  unit now, with the current delay, within the policy's bounds, and the prediction gets a space
+  at the cut (``cut_words`` in the statistics; the target ids stay the model's). Its tokens were
+  all generated at this read position, since a begun unit is finished where it began;
+- with no open word (the model wrote only whitespace, or an unfinished character) a READ is
+  forced; the tokens of an unfinished character are dropped first, to be generated again with
+  the new source. Such a read may step past the policy's bound; every one is recorded in
+  ``SimulOutput.forced_reads`` with ``beyond_bound`` and counted in the statistics
+  (``forced_reads``, ``forced_reads_beyond_bound``), so a report can say so.
 
 Timing: each sentence keeps a compute clock, the summed duration of the batched calls it took
 part in; ``compute_s[i]`` is that clock when unit i was written.
@@ -158,13 +174,8 @@ class _State:
 
     @property
     def units(self) -> int:
-        """Target units written (released) so far."""
+        """Target units written so far."""
         return len(self.delays)
-
-    @property
-    def pending(self) -> int:
-        """Units the committed tokens complete that are not written yet."""
-        return self.text.units(self.finished) - len(self.delays)
 
     def release(self, n: int) -> None:
         self.delays += [self.read] * n
@@ -200,7 +211,8 @@ class PrefixDecoder:
             self.states.append(_State(src, length, unit, IncrementalText(prompter.decode, unit)))
         self.stats = {"ticks": 0, "generate_calls": 0, "distribution_calls": 0, "prompt_tokens": 0,
                       "cached_prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0,
-                      "pending_writes": 0, "cut_words": 0, "forced_reads": 0, "forced_reads_beyond_bound": 0}
+                      "discarded_lookahead": 0, "split_after_close": 0, "cut_words": 0,
+                      "forced_reads": 0, "forced_reads_beyond_bound": 0}
 
     @property
     def finished(self) -> int:
@@ -216,13 +228,8 @@ class PrefixDecoder:
         self.stats["ticks"] += 1
         writers = self._decide(active)
         partial = [st for st in writers if st.read < st.source_length]
-        ready = [st for st in partial if st.pending > 0]
-        needs_model = [st for st in partial if st.pending == 0]
-        for st in ready:        # a unit of an earlier multi-unit token: no model call
-            st.release(1)
-            self.stats["pending_writes"] += 1
-        if needs_model:
-            self._write_units(needs_model)
+        if partial:
+            self._write_units(partial)
         complete = [st for st in writers if st.read >= st.source_length and not st.finished]
         if complete:
             self._finish(complete)
@@ -234,12 +241,15 @@ class PrefixDecoder:
             act = self._rule(st)
             if act != READ:
                 return act
-            st.note(READ, "pending" if st.pending > 0 else "rule")
+            st.note(READ, "rule")
             st.read += 1
 
     def _rule(self, st: _State) -> str:
-        rule = self.policy.pending_action if st.pending > 0 else self.policy.action
-        return rule(st.read, st.units, st.source_length)
+        """The policy's rule; WRITE while a begun unit is unfinished (it is finished with the
+        source it began with)."""
+        if st.text.in_progress:
+            return WRITE
+        return self.policy.action(st.read, st.units, st.source_length)
 
     def _decide(self, active: list[_State]) -> list[_State]:
         writers: list[_State] = []
@@ -248,7 +258,7 @@ class PrefixDecoder:
             ask = []
             for st in undecided:
                 if self._by_rule(st) == WRITE:
-                    st.note(WRITE, "pending" if st.pending > 0 else "rule")
+                    st.note(WRITE, "continue" if st.text.in_progress else "rule")
                     writers.append(st)
                 else:
                     ask.append(st)
@@ -295,26 +305,34 @@ class PrefixDecoder:
     def _write_units(self, states: list[_State]) -> None:
         stop_ids = self.prompter.stop_ids
         for st, gen in zip(states, self._generate(states, self.max_tokens_per_unit, min_tokens=1)):
+            text, splits = st.text, st.text.splits
             for tok in gen:
                 if tok in stop_ids:
                     break   # the end is chosen only with the whole source read
-                st.text.append(tok)
-                if st.pending > 0:
-                    break   # the rest was generated past this unit: left to later writes
-            if st.pending > 0:
-                st.release(1)
+                if not text.offer(tok):
+                    # The look-ahead that closed the open word: generated with this word's
+                    # source, it is dropped and the next word generated with its own.
+                    self.stats["discarded_lookahead"] += 1
+                    break
+                if text.complete > st.units and not text.in_progress:
+                    break   # the rest was generated past these units: dropped
+            self.stats["split_after_close"] += text.splits - splits
+            if text.complete > st.units:
+                # Every unit this call completed, a multi-unit token's too, has this delay.
+                st.release(text.complete - st.units)
                 st.empty_writes = 0
                 continue
             # No unit completed yet (the tokens continued a word, or were whitespace): the next
             # tick writes again from here; after a few such tries the valve reads instead.
             st.empty_writes += 1
-            if st.empty_writes >= MAX_EMPTY_WRITES and st.text.partial:
-                st.text.cut()
+            if st.empty_writes >= MAX_EMPTY_WRITES and text.partial:
+                text.cut()
                 st.note(WRITE, "cut-word")
                 st.release(1)
                 self.stats["cut_words"] += 1
                 st.empty_writes = 0
             elif st.empty_writes >= MAX_EMPTY_WRITES:
+                text.drop_unfinished()   # generated with this source: generated again after the read
                 beyond = not within_bounds(self.policy, st.read, st.units, st.source_length)
                 st.forced.append({"read": st.read, "written": st.units, "beyond_bound": beyond})
                 self.stats["forced_reads"] += 1
@@ -325,12 +343,14 @@ class PrefixDecoder:
 
     def _finish(self, states: list[_State]) -> None:
         for st, gen in zip(states, self._generate(states, self.max_new_tokens_final, min_tokens=0)):
-            for tok in gen:
+            splits = st.text.splits
+            for tok in gen:     # the source is complete: nothing is discarded
                 if tok in self.prompter.stop_ids:
                     break
                 st.text.append(tok)
+            self.stats["split_after_close"] += st.text.splits - splits
             st.finished = True
-            st.release(st.pending)
+            st.release(st.text.units(finished=True) - st.units)
 
     def _account(self, states: list[_State], seconds: float, prompts: list[list[int]], cached: int,
                  generated: list[int] | None = None, distribution: bool = False) -> None:

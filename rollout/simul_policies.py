@@ -14,16 +14,29 @@ model's next-unit distributions (LSG inside its range), which the decoder comput
 Units and tokens. Every READ and every WRITE moves one latency unit: a source word (a
 character for Chinese) or a target word (character). The model emits tokens, and a token may
 hold part of a unit, one unit, or several ("星期" is two characters; "Katze" five in character
-units). The rule for a token spanning several units: the decoder commits the whole token, but
-its units are *written* one per WRITE, each when the policy allows that unit: the first now,
-the others stay pending and each is released at a later WRITE (:meth:`WaitKPolicy.pending_action`
-and the like), with READs in between where the policy asks for them. A pending unit was chosen
-by the model already, so no model call decides it: wait-k releases it on its schedule, LSG as
-soon as its read position reaches the lower bound of Eq. 5. Every unit's delay thus obeys the
-policy's own bounds (wait-k delays equal the schedule ``min(k + i − 1, S)`` exactly), and what
-the model saw when it chose a unit is never more source than its delay says. A word is complete
-once the text after it starts with whitespace or the translation ends; the token that starts
-the next word is kept (the next word's first piece), never thrown away and regenerated.
+units). The rule is exact: every unit is generated from exactly the source prefix its delay
+records.
+
+- A token that holds several units is written whole at the WRITE that generated it: all its
+  units get that WRITE's delay (the model chose them with that source). The tokens of a
+  character split over several count as one token with the text that completes them (a
+  byte-level BPE model's broken byte shows only with the token after it: "¦" + " wä" is
+  "\ufffd wä", two words written together).
+- A unit begun and not yet complete (an open word, or the tokens of an unfinished character)
+  is finished at the read position it began at: the decoder writes on without a READ and
+  without asking the policy, so all of a unit's tokens share one source prefix.
+- A word is complete only once the text after it starts with whitespace, so closing it needs
+  one look-ahead token, the next word's first piece. That token was generated with the source
+  of the word it closes, not with the source its own word is written with: it is discarded, the
+  word is closed without it, and the next WRITE generates afresh from the prompt that ends with
+  the closed word. The tokens of an unfinished character just before the look-ahead go with it.
+  If the model, with more source, then glues onto the closed word ("house" + ","), what it
+  writes starts a new unit anyway (the prediction gets a space there; the target ids stay the
+  model's). The final WRITE (source complete) discards nothing.
+
+So wait-k's delays satisfy delay_i ≤ min(k + i − 1, S), with equality except where one token
+wrote several units: the later units of that token get its earlier, honest delay. LSG's
+delays lie in Eq. 5's range of their unit, except those later units of a multi-unit token.
 """
 from __future__ import annotations
 
@@ -62,10 +75,6 @@ class WaitKPolicy:
     def action(self, read: int, written: int, source_length: int) -> Action:
         return READ if read < waitk_read_target(self.k, written, source_length) else WRITE
 
-    def pending_action(self, read: int, written: int, source_length: int) -> Action:
-        """A unit the model has already emitted is written on the same schedule."""
-        return self.action(read, written, source_length)
-
 
 @dataclass(frozen=True)
 class OfflinePolicy:
@@ -75,9 +84,6 @@ class OfflinePolicy:
 
     def action(self, read: int, written: int, source_length: int) -> Action:
         return READ if read < source_length else WRITE
-
-    def pending_action(self, read: int, written: int, source_length: int) -> Action:
-        return self.action(read, written, source_length)
 
 
 # --- LSG ------------------------------------------------------------------------------------
@@ -165,12 +171,6 @@ class LSGPolicy:
     def action(self, read: int, written: int, source_length: int) -> Action:
         return lsg_range_action(read, written + 1, source_length, self.L, self.U)
 
-    def pending_action(self, read: int, written: int, source_length: int) -> Action:
-        """A unit already emitted (part of a multi-unit token): READ below Eq. 5's lower
-        bound, else WRITE; no distribution is asked for a unit the model has chosen."""
-        low, _high = lsg_bounds(self.L, self.U, written + 1, source_length)
-        return READ if read < low else WRITE
-
     def read_within_bounds(self, read: int, written: int, source_length: int) -> bool:
         """Whether one more READ keeps unit ``written + 1`` inside Eq. 5's range."""
         return read < lsg_bounds(self.L, self.U, written + 1, source_length)[1]
@@ -236,11 +236,12 @@ class IncrementalText:
     a tokenizer whose decoding of a token depends on its neighbours (SentencePiece's leading
     space, byte-level BPE splitting one character over several tokens) gives the same text as
     decoding everything at once. A trailing incomplete UTF-8 character (``\ufffd``) is held
-    back until the token that completes it arrives.
+    back until the token that completes it arrives (``unfinished`` while it is).
 
     It also counts units as the text grows: ``complete`` = units that no later token can
     extend (characters: every non-whitespace character; words: every word followed by
-    whitespace), ``partial`` = whether a word is still open at the end.
+    whitespace, or closed by :meth:`close` or :meth:`cut`), ``partial`` = whether a word is
+    still open at the end.
     """
 
     def __init__(self, decode: Callable[[Sequence[int]], str], unit: Unit):
@@ -251,11 +252,41 @@ class IncrementalText:
         self._read = 0
         self.complete = 0
         self.partial = False
-        self.cuts: list[int] = []   # offsets in ``text`` where an over-long word was cut
+        # Offsets in ``text`` where one unit ends and the next begins with no whitespace between
+        # them: an over-long word cut there, or a closed word the next text glued onto.
+        self.cuts: list[int] = []
+        self.splits = 0          # closed words whose next text did not start with whitespace
+        self._closed = False     # a word was closed and no text has followed it yet
+
+    @property
+    def unfinished(self) -> bool:
+        """Tokens after the text that show no text yet (an incomplete character)."""
+        return self._read < len(self.ids)
+
+    @property
+    def in_progress(self) -> bool:
+        """A unit is begun and not complete: an open word, or an unfinished character."""
+        return self.partial or self.unfinished
+
+    def drop_unfinished(self) -> None:
+        """Drop the tokens after the text (the start of a character not yet complete)."""
+        del self.ids[self._read:]
+
+    def close(self) -> None:
+        """End the open word without the token that showed it ended (whose text starts with
+        whitespace): that token is not added, and the tokens of an unfinished character before
+        it go too. If the text that follows does not start with whitespace, it starts a new
+        unit anyway: the prediction gets a space here (``splits`` counts these)."""
+        self.drop_unfinished()
+        if self.partial:
+            self.complete += 1
+            self.partial = False
+            self._closed = True
 
     def cut(self) -> None:
-        """End the open word here: the text that follows starts a new word (the caller writes
-        a space at this offset into the prediction)."""
+        """End the open word here: the text that follows starts a new word (the prediction gets
+        a space at this offset). The tokens of an unfinished character after it are dropped."""
+        self.drop_unfinished()
         if self.partial:
             self.cuts.append(len(self.text))
             self.complete += 1
@@ -272,16 +303,52 @@ class IncrementalText:
 
     def append(self, tok: int) -> str:
         """Add one token; return the text it completed ("" while a character is unfinished)."""
-        self.ids.append(int(tok))
-        before = self.decode(self.ids[self._prefix:self._read])
-        after = self.decode(self.ids[self._prefix:])
+        tok = int(tok)
+        before, after = self._window(tok)
+        delta = self._delta(before, after)
+        self._add(tok, delta)
+        return delta
+
+    def offer(self, tok: int) -> bool:
+        """Add ``tok`` unless it closes the open word: then it is dropped and the word is closed
+        (:meth:`close`). Returns whether ``tok`` was added.
+
+        ``tok`` closes the open word when its own text starts with whitespace. The tokens of an
+        unfinished character before it (their bytes left broken by ``tok``) go with it: text that
+        a later token could still change is never part of a closed word."""
+        tok = int(tok)
+        before, after = self._window(tok)
+        if self.partial:
+            held = self.decode(self.ids[self._prefix:]) if self.unfinished else before
+            own = after[len(held):] if after.startswith(held) else ""   # "" when tok completes them
+            if own[:1].isspace():
+                self.close()
+                return False
+        self._add(tok, self._delta(before, after))
+        return True
+
+    def _window(self, tok: int) -> tuple[str, str]:
+        """The decoded window before ``tok`` (up to the text's end) and with it."""
+        return (self.decode(self.ids[self._prefix:self._read]),
+                self.decode(self.ids[self._prefix:] + [tok]))
+
+    @staticmethod
+    def _delta(before: str, after: str) -> str:
         if after.endswith("\ufffd") or len(after) <= len(before):
             return ""
-        delta = after[len(before):]
+        return after[len(before):]
+
+    def _add(self, tok: int, delta: str) -> None:
+        self.ids.append(tok)
+        if not delta:
+            return
+        if self._closed and not delta[0].isspace():
+            self.cuts.append(len(self.text))
+            self.splits += 1
+        self._closed = False
         self.text += delta
         self._prefix, self._read = self._read, len(self.ids)
         self._count(delta)
-        return delta
 
     def _count(self, delta: str) -> None:
         for ch in delta:

@@ -2,9 +2,11 @@
 
 SimulEval's text evaluator pushes one source word per call and records a delay for every unit
 a ``WriteAction`` carries; the agent answers each call from the same per-sentence machinery
-:class:`~rollout.prefix_layout.PrefixDecoder` uses (the same prompts, the same unit rule for
-multi-unit tokens, the same safety valve), so its ``instances.log`` holds the instances
-``launch.py eval`` writes for the same model and k. Two differences are SimulEval's own:
+:class:`~rollout.prefix_layout.PrefixDecoder` uses (the same prompts, the same unit rules: a
+multi-unit token's units in one ``WriteAction``, a begun unit finished before more source is
+pushed, the look-ahead that closes a word discarded; the same safety valve), so its
+``instances.log`` holds the instances ``launch.py eval`` writes for the same model and k. Two
+differences are SimulEval's own:
 ``elapsed`` is 0 for text input, and its ``char`` unit drops the spaces of the prediction.
 
 Run it with SimulEval's command line (from the repository root) or :func:`run_simuleval`::
@@ -98,17 +100,17 @@ class SimulRLWaitKAgent(TextToTextAgent):
             return WriteAction(self._units(st, done, st.units), finished=True)
         if dec._rule(st) == READ:
             return ReadAction()
+        before, read = st.units, st.read
         while True:
-            before, read = st.units, st.read
-            if st.pending > 0:
-                st.release(1)
-            else:
-                dec._write_units([st])
-            if st.units > before:
-                return WriteAction(self._units(st, before, st.units), finished=False)
+            dec._write_units([st])
             if st.read > read:      # the safety valve asked for a read: SimulEval pushes it
                 st.read = read
-                return ReadAction()
+                break
+            if st.units > before and not st.text.in_progress:
+                break               # a begun unit is finished before SimulEval pushes more source
+        if st.units > before:       # all of them were generated with this source: one delay
+            return WriteAction(self._units(st, before, st.units), finished=False)
+        return ReadAction()
 
 
 def run_simuleval(model: str, k: int, sources: list[str], references: list[str], out_dir: Path,

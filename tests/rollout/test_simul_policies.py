@@ -1,5 +1,5 @@
 """wait-k, LSG and offline: the decision rules as plain functions, and prefix-layout decoding
-on the tiny model checked against the wait-k schedule and a brute-force LSG reference."""
+on the tiny model checked against the exact wait-k rule and a brute-force LSG reference."""
 from __future__ import annotations
 
 import math
@@ -16,6 +16,9 @@ from rollout.simul_policies import (
     ASK, READ, WRITE, IncrementalText, LSGPolicy, OfflinePolicy, WaitKPolicy, build_read_write_policy, kl_exact,
     kl_topk, lsg_bounds, lsg_range_action, normalize_spaces, waitk_delays)
 from rollout.units import count_units
+
+from tests.rollout.prefix_checks import (
+    ReadRecorder, assert_exact, assert_lsg_rule, assert_waitk_rule, shared_with_previous)
 
 SOURCES = [
     Source(0, "Die Katze sitzt auf der Matte und schaut aus dem Fenster.", "de", "en", "The cat sits."),
@@ -44,6 +47,9 @@ def test_lsg_range_rule():
     assert lsg_bounds(2, 3, 9, 10) == (10, 10)
     assert lsg_range_action(10, 20, 10, 2, 3) == WRITE   # source finished -> WRITE
     assert lsg_range_action(4, 4, 10, 1, 0) == WRITE     # U = 0: exactly wait-L
+    # unit 2 (written=1) of L=2, U=3, S=10: range [3, 6); one more READ stays inside below 6
+    pol = LSGPolicy(delta=1.0, alpha=0.5, L=2, U=3)
+    assert pol.read_within_bounds(5, 1, 10) and not pol.read_within_bounds(6, 1, 10)
 
 
 def test_lsg_decision_thresholds_and_direction():
@@ -79,14 +85,6 @@ def test_build_policy_by_name():
     assert lsg == LSGPolicy(1.0, 0.5, 2, 3, "reverse")
     with pytest.raises(ValueError, match="unknown"):
         build_read_write_policy({"type": "nope"})
-
-
-def test_lsg_pending_units_wait_for_the_lower_bound_only():
-    pol = LSGPolicy(delta=1.0, alpha=0.5, L=2, U=3)
-    # unit 2 (written=1): range [3, 6) of S=10
-    assert [pol.pending_action(r, 1, 10) for r in (2, 3, 5)] == [READ, WRITE, WRITE]
-    assert pol.read_within_bounds(5, 1, 10) and not pol.read_within_bounds(6, 1, 10)
-    assert WaitKPolicy(3).pending_action(3, 1, 10) == READ and WaitKPolicy(3).pending_action(4, 1, 10) == WRITE
 
 
 ZH_TEXT = "政府星期一宣布了新的交通规则。我们在说话人还在讲话的时候翻译这个句子。"
@@ -142,24 +140,28 @@ class ScriptedBackend:
         return [torch.full((self.eos + 1,), -math.log(self.eos + 1)) for _ in prompts]  # uniform
 
 
-def test_multi_character_tokens_are_written_on_the_waitk_schedule(tiny_tokenizer):
+def test_multi_character_tokens_are_written_whole_with_the_delay_they_were_generated_with(tiny_tokenizer):
     enc = lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
     eos = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
     script = enc("我们在说话的时候。")
-    assert any(len(tiny_tokenizer.decode([t])) >= 2 and "\ufffd" not in tiny_tokenizer.decode([t])
-               for t in script)                      # "们在", "说话": several characters in one token
-    backend = ScriptedBackend(script, eos)
+    # the tokens: 我's first byte, the rest of 我 + "们在", "说话", "的", 时's first byte, the
+    # rest of 时 + 候's first bytes, 候's last byte, "。"
+    assert [tiny_tokenizer.decode(script[:n]).rstrip("\ufffd") for n in range(1, len(script) + 1)] == [
+        "", "我们在", "我们在说话", "我们在说话的", "我们在说话的", "我们在说话的时", "我们在说话的时候",
+        "我们在说话的时候。"]
     prompter = PrefixPrompter(tiny_tokenizer)
     src = Source(0, "We translate the sentence while the speaker is still talking", "en", "zh")
+    backend = ReadRecorder(ScriptedBackend(script, eos), prompter, [src])
     outs, stats = run_prefix_policy(backend, prompter, WaitKPolicy(2), [src], max_tokens_per_unit=2)
     out = outs[0]
-    assert out.prediction == "我们在说话的时候。"
-    assert out.delays == waitk_delays(2, 10, 9) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
-    assert stats["pending_writes"] > 0 and stats["forced_reads"] == 0
-    assert stats["generate_calls"] < len(out.delays)     # pending units needed no model call
-    # every unit was chosen by the model with at most as much source as its delay says
-    gen_reads = [d["read"] for d in out.decisions if d["action"] == WRITE]
-    assert gen_reads == sorted(gen_reads)
+    assert out.prediction == "我们在说话的时候。" and out.target_ids == script
+    # every character of a token gets the delay of the write that generated the token: 我们在 at
+    # 2 (the schedule's for 我), 说话 at 5 (说's), 时候 at 8 (时's): a later character of a token is
+    # written earlier than the schedule min(k + i − 1, S) = [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert out.delays == [2, 2, 2, 5, 5, 7, 8, 8, 10]
+    assert_waitk_rule(out, 2, assert_exact(out, backend, prompter, "char"))
+    assert stats["forced_reads"] == 0 and stats["discarded_lookahead"] == 0
+    assert stats["generate_calls"] < len(out.delays)     # several units from one call
 
 
 def test_forced_reads_are_reported_with_whether_they_break_the_bound(tiny_tokenizer):
@@ -203,12 +205,17 @@ def prompter(backend):
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_waitk_delays_are_the_schedule(backend, prompter, k):
-    outs, stats = run_prefix_policy(backend, prompter, WaitKPolicy(k), SOURCES, max_new_tokens_final=12)
+def test_waitk_delays_follow_the_exact_rule_in_word_units(backend, prompter, k):
+    """delay_i = min(k + i − 1, S), except that a word sharing a token with the one before it
+    has that one's delay (the random model often writes a broken byte, a token whose text shows
+    only with the next one: "¦" + " wä" is "\ufffd wä", two words)."""
+    rec = ReadRecorder(backend, prompter, SOURCES)
+    outs, stats = run_prefix_policy(rec, prompter, WaitKPolicy(k), SOURCES, max_new_tokens_final=12)
     assert stats["generate_calls"] > 0 and stats["forced_reads"] == 0
+    assert stats["discarded_lookahead"] > 0
     for out in outs:
         assert out.delays, out
-        assert out.delays == waitk_delays(k, out.source_length, len(out.delays))
+        assert_waitk_rule(out, k, assert_exact(out, rec, prompter, "word"))
         assert len(out.compute_s) == len(out.delays) and out.compute_s == sorted(out.compute_s)
 
 
@@ -224,32 +231,43 @@ EN_SOURCES = [
 
 @pytest.mark.parametrize("direction", ["zh-en", "en-zh"])
 @pytest.mark.parametrize("k", [2, 4])
-def test_waitk_delays_are_the_schedule_in_character_units(backend, prompter, direction, k):
-    """zh source: one READ = one character; zh target: one WRITE = one character, also when the
-    random model's tokens hold several characters (Latin pieces count a unit per letter)."""
+def test_waitk_delays_follow_the_exact_rule_in_character_units(backend, prompter, direction, k):
+    """zh source: one READ = one character; zh target: one WRITE = one character, except that a
+    token holding several characters (the random model's tokens often do; Latin pieces count a
+    unit per letter) is written whole: delay_i = min(k + i − 1, S), but a character sharing a
+    token with the one before it has that one's delay."""
     sources = ZH_SOURCES if direction == "zh-en" else EN_SOURCES
-    outs, stats = run_prefix_policy(backend, prompter, WaitKPolicy(k), sources,
-                                    max_new_tokens_final=12)
+    tgt_unit = "char" if direction == "en-zh" else "word"
+    rec = ReadRecorder(backend, prompter, sources)
+    outs, stats = run_prefix_policy(rec, prompter, WaitKPolicy(k), sources, max_new_tokens_final=12)
     assert stats["forced_reads"] == 0
-    if direction == "en-zh":
-        assert stats["pending_writes"] > 0          # multi-character tokens were split into units
+    shared = 0
     for src, out in zip(sources, outs):
         assert out.source_length == count_units(src.text, "char" if direction == "zh-en" else "word")
-        assert len(out.delays) == count_units(out.prediction, "char" if direction == "en-zh" else "word")
-        assert out.delays == waitk_delays(k, out.source_length, len(out.delays)), out
+        assert len(out.delays) == count_units(out.prediction, tgt_unit)
+        units = assert_exact(out, rec, prompter, tgt_unit)
+        assert_waitk_rule(out, k, units)
+        shared += len(shared_with_previous(units))
         reads = [d["read"] for d in out.decisions if d["action"] == READ]
         assert reads == list(range(out.source_length))   # one READ per source unit, in order
+    if direction == "en-zh":
+        assert shared > 0        # multi-character tokens were written whole, with one delay
 
 
 def test_lsg_delays_stay_inside_its_range_in_character_units(backend, prompter):
+    """Every unit's delay lies in Eq. 5's range for it, except a character sharing a token with
+    the one before it, written with that one's delay."""
     L, U = 1, 3
-    outs, stats = run_prefix_policy(backend, prompter, LSGPolicy(delta=2e-5, alpha=0.0037, L=L, U=U),
+    rec = ReadRecorder(backend, prompter, EN_SOURCES)
+    outs, stats = run_prefix_policy(rec, prompter, LSGPolicy(delta=2e-5, alpha=0.0037, L=L, U=U),
                                     EN_SOURCES, max_new_tokens_final=12)
-    assert stats["pending_writes"] > 0 and stats["forced_reads_beyond_bound"] == 0
+    assert stats["forced_reads_beyond_bound"] == 0
+    shared = 0
     for out in outs:
-        for i, d in enumerate(out.delays, 1):
-            low, high = lsg_bounds(L, U, i, out.source_length)
-            assert low <= d <= high or d == out.source_length, (i, d, out.delays)
+        units = assert_exact(out, rec, prompter, "char")
+        assert_lsg_rule(out, L, U, units)
+        shared += len(shared_with_previous(units))
+    assert shared > 0
 
 
 def test_offline_reads_everything_first(backend, prompter):
@@ -299,7 +317,7 @@ def _reference_decision(model, tok, src: Source, read: int, written: int, target
 
 def test_lsg_matches_a_brute_force_reference_at_every_decision(backend, prompter):
     # The random tiny model is nearly uniform: thresholds at its scale give both outcomes.
-    L, U, delta, alpha = 1, 3, 2e-5, 0.0037
+    L, U, delta, alpha = 1, 3, 2e-5, 0.004
     policy = LSGPolicy(delta=delta, alpha=alpha, L=L, U=U)
     outs, stats = run_prefix_policy(backend, prompter, policy, SOURCES, max_new_tokens_final=12)
     assert stats["distribution_calls"] > 0
@@ -307,8 +325,8 @@ def test_lsg_matches_a_brute_force_reference_at_every_decision(backend, prompter
     checked = 0
     for src, out in zip(SOURCES, outs):
         for d in out.decisions:
-            if d["by"] in ("no-unit", "pending"):
-                continue   # not the model's decision (tested above)
+            if d["by"] in ("no-unit", "continue"):
+                continue   # not the model's decision: a forced read, a begun unit finished
             want, kl, p_max = _reference_decision(backend.model, backend.tokenizer, src, d["read"], d["written"],
                                                   out.target_ids[:d["target"]], L, U, delta, alpha)
             if d["by"] == "model":
@@ -327,10 +345,13 @@ def test_an_overlong_word_is_cut_within_the_schedule(tiny_tokenizer):
     script = tiny_tokenizer(word + " ok", add_special_tokens=False)["input_ids"]
     assert len(tiny_tokenizer(word, add_special_tokens=False)["input_ids"]) > MAX_EMPTY_WRITES
     src = Source(0, "Die Katze sitzt auf der Matte", "de", "en")
-    outs, stats = run_prefix_policy(ScriptedBackend(script, eos), PrefixPrompter(tiny_tokenizer),
-                                    WaitKPolicy(2), [src], max_tokens_per_unit=1)
+    prompter = PrefixPrompter(tiny_tokenizer)
+    backend = ReadRecorder(ScriptedBackend(script, eos), prompter, [src])
+    outs, stats = run_prefix_policy(backend, prompter, WaitKPolicy(2), [src], max_tokens_per_unit=1)
     out = outs[0]
     assert stats["cut_words"] >= 1 and stats["forced_reads"] == 0
     assert out.prediction.replace(" ", "") == word + "ok" and " " in out.prediction
     assert out.delays == waitk_delays(2, 6, len(out.delays))
     assert out.target_ids == script                  # the model's tokens are kept as they are
+    # the cut word's tokens were all generated with the source its delay records
+    assert_exact(out, backend, prompter, "word")
