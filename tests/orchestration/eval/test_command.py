@@ -128,6 +128,16 @@ def _omnisteval_scores(path: Path) -> dict[str, float]:
     return {ours: scores[theirs] for theirs, ours in names.items()}
 
 
+def assert_waitk_delays(row: dict, k: int) -> None:
+    """wait-k's rule as an instance shows it: unit i's delay is min(k + i − 1, |X|), or the earlier
+    delay of the unit before it (a token that held both was written whole; tests/rollout check
+    which token each unit came from)."""
+    d = row["delays"]
+    for i, delay in enumerate(d):
+        schedule = min(k + i, row["source_length"])
+        assert delay == schedule or (i > 0 and delay == d[i - 1] < schedule), (k, d)
+
+
 @pytest.mark.slow
 def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, ray_local, monkeypatch):
     from orchestration.eval import command as eval_cmd
@@ -176,7 +186,9 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
         if name.startswith("waitk"):
             k = int(name.split("-")[1][1:])
             for r in rows:
-                assert r["delays"] == [min(k + i, r["source_length"]) for i in range(len(r["delays"]))]
+                assert_waitk_delays(r, k)
+            # the look-ahead closing each word was discarded (one more generated token a word)
+            assert scores["stats"]["discarded_lookahead"] > 0
     assert checked == names   # every setting went through the simuleval oracle
     assert len(checked_omni) >= 2, checked_omni   # and settings without an empty line through OmniSTEval
     assert json.loads((run / "settings" / "lsg-L1-U3-exact" / "scores.json").read_text())["distribution"] \
@@ -211,7 +223,7 @@ def test_eval_on_vllm(tmp_path, tiny_model_dir, data_dir, ray_local):
     exact = json.loads((run / "settings" / "lsg-L1-U3-exact" / "scores.json").read_text())
     assert exact["distribution"] == "exact (full vocabulary, vllm)" and exact["stats"]["distribution_calls"] > 0
     for r in map(json.loads, (run / "settings" / "waitk-k2" / "instances.jsonl").read_text().splitlines()):
-        assert r["delays"] == [min(2 + i, r["source_length"]) for i in range(len(r["delays"]))]
+        assert_waitk_delays(r, 2)
     assert (run / "curves.png").is_file()
 
 
