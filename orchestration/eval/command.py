@@ -44,6 +44,8 @@ def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
         if s.params.get("distribution") == "topk" and s.backend == "hf":
             raise UserInputError(f"eval.settings: {s.name}: distribution=topk needs the vllm backend "
                                  "(eval.backend=auto or vllm); transformers gives exact distributions")
+        if s.params.get("model") is not None:
+            check_model_path(s.params["model"], key=f"eval.settings: {s.name}: model")
         ckpt = s.params.get("checkpoint")
         if ckpt is None:
             continue
@@ -78,12 +80,12 @@ def finished_scores(path: Path, want: dict[str, Any]) -> dict[str, Any] | None:
     return data if data.get("fingerprint") == json.loads(json.dumps(want)) else None
 
 
-def _groups(settings: list[RunSetting]) -> list[tuple[str, str | None, list[RunSetting]]]:
-    """Settings sharing an engine: (backend, checkpoint) in first-seen order."""
-    groups: dict[tuple[str, str | None], list[RunSetting]] = {}
+def _groups(settings: list[RunSetting]) -> list[tuple[str, str | None, str | None, list[RunSetting]]]:
+    """Settings sharing an engine: (backend, checkpoint, own model) in first-seen order."""
+    groups: dict[tuple[str, str | None, str | None], list[RunSetting]] = {}
     for s in settings:
-        groups.setdefault((s.backend, s.params.get("checkpoint")), []).append(s)
-    return [(b, c, ss) for (b, c), ss in groups.items()]
+        groups.setdefault((s.backend, s.params.get("checkpoint"), s.params.get("model")), []).append(s)
+    return [(b, c, m, ss) for (b, c, m), ss in groups.items()]
 
 
 def _comet_settings(cfg: EvalRootConfig) -> Any:
@@ -96,8 +98,9 @@ def _comet_settings(cfg: EvalRootConfig) -> Any:
 
 
 def run_group(cfg: EvalRootConfig, backend: str, needs_lora: bool, todo: list[tuple[RunSetting, dict]],
-              sources: list[dict[str, Any]], run_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """One EvalActor runs ``todo`` in order; returns their scores."""
+              sources: list[dict[str, Any]], run_dir: Path, meta: dict[str, Any],
+              model: str | None = None) -> list[dict[str, Any]]:
+    """One EvalActor runs ``todo`` in order on ``model`` (default ``model.path``); returns their scores."""
     import ray
     from tqdm import tqdm
 
@@ -108,7 +111,7 @@ def run_group(cfg: EvalRootConfig, backend: str, needs_lora: bool, todo: list[tu
         actor_cfg.rollout.engine.enable_lora = True
     actor = eval_actor_class().options(
         num_cpus=cfg.rollout.num_cpus_per_worker, num_gpus=cfg.rollout.num_gpus_per_worker,
-    ).remote(model_to_load(cfg.model.path),
+    ).remote(model_to_load(model or cfg.model.path),
              cfg.model.dtype, backend, actor_cfg.model_dump(mode="json"), cfg.run.seed, _comet_settings(cfg))
     results = []
     try:
@@ -206,10 +209,10 @@ def run_eval(cfg: EvalRootConfig, run_dir: Path) -> tuple[list[dict[str, Any]], 
     if pending:
         started = start_ray(cfg.ray.address, cfg.ray.num_cpus, log_to_driver=False)
         try:
-            for backend, ckpt, group in _groups([s for s, _ in pending]):
+            for backend, ckpt, model, group in _groups([s for s, _ in pending]):
                 todo = [(s, fp) for s, fp in pending if s in group]
                 lora = ckpt is not None and not (repo_path(ckpt) / "weights" / "model.safetensors").is_file()
-                for s, scores in zip(group, run_group(cfg, backend, lora, todo, sources, run_dir, meta)):
+                for s, scores in zip(group, run_group(cfg, backend, lora, todo, sources, run_dir, meta, model)):
                     done[s.name] = scores
         finally:
             # what this command decoded, also when a later group failed (a setting kept from an

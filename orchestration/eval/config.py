@@ -93,6 +93,9 @@ class LearnedSetting(_Section):
     checkpoint: PathStr | None | Annotated[list[PathStr], Field(min_length=1)] = Field(
         None,
         description="a train checkpoint (checkpoints/step-N), a peft adapter directory, or null = model.path as is; a list sweeps")
+    model: PathStr | None = Field(
+        None, description="the policy's own model directory (e.g. RUN_DIR/model of sft or train with "
+                          "train.export_model), run instead of model.path; the wait-k curve stays model.path's")
     label: str | None = Label
 
 
@@ -220,6 +223,12 @@ def _checkpoint_tag(path: str) -> str:
     return _slug(tag)
 
 
+def _model_tag(path: str) -> str:
+    """runs/x/model -> x; runs/x/grpo/model -> x-grpo; any other directory -> its name."""
+    p = Path(path)
+    return _slug(f"{p.parent.name}" if p.name == "model" else p.name)
+
+
 def expand_settings(cfg: EvalConfig) -> list[RunSetting]:
     """Every single setting of the sweep, in config order; names are unique."""
     out: list[RunSetting] = []
@@ -242,9 +251,12 @@ def expand_settings(cfg: EvalConfig) -> list[RunSetting]:
             for ckpt in _as_list(entry.checkpoint):
                 for m in _as_list(entry.chunk_size):
                     what = "base" if ckpt is None else _checkpoint_tag(ckpt)
+                    if entry.model is not None and ckpt is None:
+                        what = _model_tag(entry.model)
                     name = f"learned-{what}" + ("" if m is None else f"-m{m}")
+                    params = {"type": "learned", "checkpoint": ckpt, "chunk_size": m}
                     out.append(RunSetting(name, line, backend,
-                                          {"type": "learned", "checkpoint": ckpt, "chunk_size": m}))
+                                          params | ({"model": entry.model} if entry.model is not None else {})))
         else:
             extra, tag = _layout(entry)
             out.append(RunSetting(f"offline{tag}", line, backend, {"type": "offline"} | extra))

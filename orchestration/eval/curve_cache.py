@@ -25,7 +25,7 @@ from orchestration.runtime import write_json_atomic
 
 # Bump when the wait-k decoder (rollout/prefix_layout.py, rollout/simul_policies.py) or the
 # instances/scores it writes change: every cached curve is then computed again.
-CURVE_FORMAT = 1
+CURVE_FORMAT = 2
 
 # eval fields a wait-k setting's instances.jsonl or scores.json depend on
 KEY_FIELDS = ("system_prompt", "max_tokens_per_unit", "max_new_tokens_final", "source_unit_ms", "comet_model")

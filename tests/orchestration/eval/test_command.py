@@ -48,6 +48,37 @@ eval:
                    ("learned-a-step-8-m3", "vllm"), ("offline", "vllm")]
 
 
+def test_episode_waitk_and_a_policy_with_its_own_model(tmp_path):
+    """waitk with layout: episode is a setting of its own (not a curve point); a learned setting
+    with its own model runs that model on its own engine."""
+    from orchestration.eval.command import _groups
+    from orchestration.eval.curve import is_curve_params
+
+    cfg = load_eval_config(_yaml(tmp_path, """
+eval:
+  curve_k: []
+  settings:
+    - {type: waitk, k: 3, layout: episode}
+    - {type: learned, model: runs/p/grpo/model}
+    - {type: learned}
+"""))
+    settings = expand_settings(cfg.eval)
+    assert [s.name for s in settings] == ["waitk-k3-episode", "learned-grpo", "learned-base"]
+    assert settings[0].params == {"type": "waitk", "k": 3, "layout": "episode"} and not is_curve_params(settings[0].params)
+    assert settings[1].params["model"] == "runs/p/grpo/model" and "model" not in settings[2].params
+    assert [(m, [s.name for s in ss]) for _, _, m, ss in _groups(settings)] == \
+        [(None, ["waitk-k3-episode", "learned-base"]), ("runs/p/grpo/model", ["learned-grpo"])]
+    with pytest.raises(ConfigError, match="positions: expost is for the prefix layout"):
+        load_eval_config(_yaml(tmp_path, "eval:\n  settings:\n    - {type: waitk, k: 3, layout: episode, "
+                                         "positions: expost}\n"))
+
+
+def test_a_missing_policy_model_is_refused_before_anything_starts(tmp_path, capsys):
+    path = _yaml(tmp_path, f"eval:\n  settings:\n    - {{type: learned, model: {tmp_path / 'gone'}}}\n")
+    assert launch.main(["eval", "--config", path, "data.test=newstest2015_deen", "data.limit=2"]) == 2
+    assert "eval.settings: learned-gone: model" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, message", [
     ("eval:\n  settings:\n    - {type: waitk, kk: 3}\n", r"eval\.settings\.0\.kk: unknown key; allowed here: type, k"),
     ("eval:\n  settings:\n    - {type: wait, k: 3}\n", r"eval\.settings\.0: unknown policy type 'wait'"),

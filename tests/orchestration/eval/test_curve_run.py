@@ -170,7 +170,7 @@ def test_cache_stores_atomically_and_checks_what_it_holds(tmp_path):
 
 def _fake_run_group(ran: list[str]):
     """Stands in for the EvalActor: writes instances.jsonl and scores.json for each setting."""
-    def run_group(cfg, backend, lora, todo, sources, run_dir, meta):
+    def run_group(cfg, backend, lora, todo, sources, run_dir, meta, model=None):
         out = []
         for s, fp in todo:
             ran.append(s.name)
