@@ -106,6 +106,8 @@ class TrainConfig(_Section):
                                   description="checkpoint every N steps (and always at the end); 0 = only at the end")
     tensorboard: bool = Field(True, description="also write TensorBoard event files")
     save_rollouts: bool = Field(False, description="also write each step's trajectories to rollouts/step-N.jsonl")
+    export_model: bool = Field(
+        False, description="after the last step write RUN_DIR/model: the policy as a plain HF directory (LoRA merged)")
     call_timeout_s: float = Field(3600.0, gt=0.0, le=7 * 86400.0,
                                   description="longest one learner or rollout call may take before the run stops")
     mode: Literal["sync", "one_step_off", "async"] = Field(

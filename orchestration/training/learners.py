@@ -8,7 +8,8 @@ from typing import Any, Sequence
 from orchestration.config import RootConfig
 
 
-SFT_MODEL_DIR = "model"   # where `launch.py sft` writes its policy as a plain HF directory
+SFT_MODEL_DIR = "model"   # where `launch.py sft` (and `train` with train.export_model) write the policy
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".index.json")
 
 
 def policy_path(cfg: RootConfig) -> str:
@@ -137,3 +138,32 @@ def seed_torch(_actor: Any, seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
+
+
+def export_model(learners, base_dir, out_dir, note: dict[str, Any], timeout_s: float):
+    """``out_dir`` = the base model's config and tokenizer files + the trained weights, atomically.
+
+    Every learner rank takes part (under ZeRO-3 each shard is gathered in turn); rank 0 writes the
+    safetensors shards straight into the directory, so no weights pass through the driver."""
+    import shutil
+    from pathlib import Path
+
+    import ray
+
+    from orchestration.runtime import write_json_atomic
+
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    tmp, old = out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in base_dir.iterdir():
+        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copy2(f, tmp / f.name)
+    ray.get([lw.save_weights.remote(str(tmp), "full") for lw in learners], timeout=timeout_s)
+    write_json_atomic(tmp / "sft_provenance.json", note)
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir

@@ -25,8 +25,8 @@ from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.training.dev_eval import DevResult, evaluate_dev
 from orchestration.training.cursor import load_training_data
 from orchestration.training.dev_instances import paired_table, summary_table
-from orchestration.training.learners import (build_learners, check_model, policy_path, seed_torch, sync_names,
-                                             wait_ranks)
+from orchestration.training.learners import (SFT_MODEL_DIR, build_learners, check_model, export_model, policy_path,
+                                             seed_torch, sync_names, wait_ranks)
 from orchestration.training.trajectories import group_metrics, learner_batch, reward_groups, save_rollouts, to_sources
 from orchestration.training.learners import RunStopped, resume_hint
 
@@ -322,6 +322,10 @@ class TrainingRun:
                 except CheckpointWriteError as exc:
                     raise RunStopped(f"{exc}; free space in or fix {self.run_dir}, then continue with "
                                      f"`launch.py train --resume {self.run_dir}`") from None
+                if last and cfg.train.export_model:
+                    export_model(self.learners, self._model_path(), self.run_dir / SFT_MODEL_DIR,
+                                 {"base_model": self._model_path(), "train_run": str(self.run_dir), "step": self.step,
+                                  "lora_merged": cfg.learner.lora.enabled}, cfg.ray.call_timeout_s)
             if stop_after is not None and self.step >= stop_after:
                 break
         bar.close()
@@ -357,11 +361,18 @@ def main(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = resolve_run_dir(cfg)
+    return run_training(cfg, run_dir, resume=bool(args.resume), overrides=list(args.overrides or []),
+                        stop_after=args.stop_after)
+
+
+def run_training(cfg, run_dir: Path, *, resume: bool = False, overrides: list[str] = (),
+                 stop_after: int | None = None) -> int:
+    """Train (or resume) one run in ``run_dir``; 0 when it finished, 1 when a rank stopped it."""
     check_model(cfg)
-    trainer = TrainingRun(cfg, run_dir, resume=bool(args.resume))   # validates data before any actor
-    if args.resume:
-        record_resume(run_dir, trainer._resume_from, list(args.overrides or []))
-        if args.overrides:
+    trainer = TrainingRun(cfg, run_dir, resume=resume)   # validates data before any actor
+    if resume:
+        record_resume(run_dir, trainer._resume_from, list(overrides))
+        if overrides:
             write_resolved_config(cfg, run_dir)   # a later resume continues with these values
     else:
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": str(run_dir)})})
@@ -369,7 +380,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir}")
     try:
         trainer.start()
-        history = trainer.run(stop_after=args.stop_after)
+        history = trainer.run(stop_after=stop_after)
     except RunStopped as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

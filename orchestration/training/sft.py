@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -25,19 +24,17 @@ from orchestration.metrics_log import MetricsLog
 from orchestration.runtime import close_all, start_ray, write_json_atomic
 from orchestration.training.dev_eval import evaluate_dev
 from orchestration.training.dev_instances import compare_dev, paired_table, write_instances
-from orchestration.training.learners import SFT_MODEL_DIR, build_learners, policy_path, sync_names
+from orchestration.training.learners import SFT_MODEL_DIR, build_learners, export_model, policy_path, sync_names
 from orchestration.training.sft_config import SftRootConfig
 from orchestration.training.trajectories import to_sources
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".index.json")
-
-
 def load_sft_data(cfg: SftRootConfig) -> tuple[Dataset, list[Pair], Dataset]:
-    """Training pairs (seeded shuffle, length filter, then ``data.limit``) and the dev pairs."""
+    """Training pairs (seeded shuffle, length filter, then ``sft.pairs`` or ``data.limit``) and the dev pairs."""
     train = load_pairs(cfg.data.train, cfg.data, seed=cfg.run.seed, purpose="train", shuffle=cfg.data.shuffle)
     lo, hi = cfg.sft.min_source_units, cfg.sft.max_source_units
     keep = [p for p in train.pairs if lo <= source_units(p.source, train.src_lang) <= hi]
-    keep = keep[:cfg.data.limit] if cfg.data.limit else keep
+    limit = cfg.sft.pairs or cfg.data.limit
+    keep = keep[:limit] if limit else keep
     if not keep:
         raise UserInputError(f"sft.min_source_units/max_source_units: no pair of {cfg.data.train} has "
                              f"{lo}-{hi} source units")
@@ -92,29 +89,6 @@ def sft_sequences(cfg: SftRootConfig, factory: Any, sources: Sequence) -> tuple[
     return out, skipped
 
 
-def export_model(learners, base_dir: Path, out_dir: Path, note: dict[str, Any], timeout_s: float) -> Path:
-    """``out_dir`` = the base model's config and tokenizer files + the trained weights, atomically.
-
-    Every learner rank takes part (under ZeRO-3 each shard is gathered in turn); rank 0 writes the
-    safetensors shards straight into the directory, so no weights pass through the driver."""
-    import ray
-
-    tmp, old = out_dir.with_name(f".{out_dir.name}.tmp"), out_dir.with_name(f".{out_dir.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in base_dir.iterdir():
-        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
-            shutil.copy2(f, tmp / f.name)
-    ray.get([lw.save_weights.remote(str(tmp), "full") for lw in learners], timeout=timeout_s)
-    write_json_atomic(tmp / "sft_provenance.json", note)
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    return out_dir
-
-
 class SftRun:
     def __init__(self, cfg: SftRootConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
@@ -140,8 +114,10 @@ class SftRun:
         self.build_s = time.perf_counter() - t0
         from orchestration.placement import build_plan, reserve
 
+        learner = cfg.learner.model_copy(update={"lr": cfg.sft.lr}) if cfg.sft.lr is not None else cfg.learner
         root = cfg.model_copy(
-            update={"model": cfg.model.model_copy(update={"path": self.model_path, "init_from": None})})
+            update={"model": cfg.model.model_copy(update={"path": self.model_path, "init_from": None}),
+                    "learner": learner})
         plan = build_plan(root)
         if not cfg.sft.eval_rollouts:
             plan.groups = [g for g in plan.groups if g.name in {s.group for s in plan.learner}]
@@ -281,11 +257,16 @@ class SftRun:
 
 
 def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides, schema=SftRootConfig)
+    run_sft(cfg, resolve_run_dir(cfg))
+    return 0
+
+
+def run_sft(cfg: SftRootConfig, run_dir: Path) -> dict[str, Any]:
+    """One SFT run into ``run_dir``: its summary (also in ``summary.json``)."""
     from orchestration.training.learners import check_model
 
-    cfg = load_config(args.config, args.overrides, schema=SftRootConfig)
     check_model(cfg)
-    run_dir = resolve_run_dir(cfg)
     run = SftRun(cfg, run_dir)          # validates data and model paths before any actor
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": str(run_dir)})})
     write_resolved_config(cfg, run_dir)
@@ -294,7 +275,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         run.start()
         print(f"{len(run.train_trajs)} training sequences, {len(run.dev_batch)} dev sequences "
-              f"({cfg.sft.layout} layout; built in {run.build_s:.1f} s"
+              f"({cfg.sft.layout} training, {cfg.rollout.episode.layout} episodes; built in {run.build_s:.1f} s"
               + (f"; skipped {run.skipped} training, {run.dev_skipped} dev pairs" if run.skipped or run.dev_skipped
                  else "") + ")")
         history = run.run()
@@ -304,12 +285,12 @@ def main(args: argparse.Namespace) -> int:
     before, after = history["before"], history[last]
     # greedy dev rollouts before and after, paired by sentence (None without dev rollouts)
     paired = compare_dev(run_dir, "before", last, seed=cfg.run.seed)
-    write_json_atomic(run_dir / "summary.json", {"history": history, "steps": run.step,
-                                                 "seconds": time.perf_counter() - t0,
-                                                 "paired": {k: v.as_dict() for k, v in (paired or {}).items()}})
+    summary = {"history": history, "steps": run.step, "seconds": time.perf_counter() - t0,
+               "paired": {k: v.as_dict() for k, v in (paired or {}).items()}}
+    write_json_atomic(run_dir / "summary.json", summary)
     print(f"dev loss   {before['loss']:10.4f} -> {after['loss']:10.4f}")
     if paired is not None:
         print(paired_table(paired))
     if cfg.sft.export_model:
         print(f"policy: {run_dir / SFT_MODEL_DIR}  (start training with model.init_from={run_dir})")
-    return 0
+    return summary

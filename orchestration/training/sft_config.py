@@ -23,6 +23,11 @@ class SftConfig(_Section):
                                    "pass per pair with SimulMask masks and ExPosST positions (wait-k/LSG inference)")
     source_slots: int = Field(256, ge=1, le=100_000,
                               description="simulmask: source positions reserved (ExPosST); longer sources are skipped")
+    enabled: bool = Field(True, description="launch.py pipeline: run this SFT stage before GRPO (false: GRPO "
+                                            "starts from model.path)")
+    pairs: int | None = Field(None, ge=1, le=10_000_000,
+                              description="training pairs after the length filter; null = data.limit (all when unset)")
+    lr: float | None = Field(None, gt=0.0, le=1.0, description="learning rate of this stage; null = learner.lr")
     epochs: int = Field(1, ge=1, le=1000, description="passes over the training pairs (one sequence per pair)")
     batch_size: int = Field(16, ge=1, le=100_000, description="sentences per optimizer step (global, all ranks)")
     min_source_units: int = Field(1, ge=1, le=100_000, description="skip training pairs with a shorter source")
