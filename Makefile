@@ -1,6 +1,6 @@
 # One-step setup, the main job and the tests. Every target is idempotent.
 #   make setup      CPU environments (.venv, .venv-comet) and the CPU demo model
-#   make run        setup if needed, then the main job on the embedded default
+#   make run        setup if needed, then the main job on the embedded default (SFT -> GRPO -> dev scoreboard)
 #   make test       setup if needed, then the test suite (everything but `gpu` tests)
 #   make setup-gpu  on a CUDA machine: .venv with CUDA torch + vllm, .venv-comet with a CUDA torch
 #   make demo-1.5b  the bigger CPU demo model (Qwen2.5-Coder-1.5B-Instruct), for users with more time
@@ -74,7 +74,7 @@ $(COMET_VENV)/.installed-gpu: requirements/comet.txt requirements/comet-gpu.txt
 	touch $(COMET_VENV)/.installed $@
 
 run: setup
-	$(VENV)/bin/python launch.py train --config $(CONFIG)
+	$(VENV)/bin/python launch.py pipeline --config $(CONFIG)
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after step N")
     p.set_defaults(handler="orchestration.training.loop:main")
 
+    p = sub.add_parser("pipeline", help="the main job: SFT warm start, GRPO from it, then the dev scoreboard "
+                                        "against the wait-k curve; resumable by stage")
+    _config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the pipeline in RUN_DIR: finished stages are kept")
+    p.set_defaults(handler="orchestration.training.pipeline:main")
+
     p = sub.add_parser("sweep", help="a grid of training runs (e.g. reward ablations), resumable run by run, "
                                      "with one table and one quality-latency plot")
     p.add_argument("--config", required=True, metavar="FILE", help="sweep YAML (see configs/sweeps/)")

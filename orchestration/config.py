@@ -5,7 +5,7 @@ the driver's own sections (run, data, model, ray) and composes them.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import ClassVar, Annotated, Literal
 
 from pydantic import model_validator, BaseModel, ConfigDict, Field
 
@@ -130,6 +130,9 @@ class TrainConfig(_Section):
 
 class RootConfig(_Section):
     """Everything a SimulRL command needs."""
+
+    # sections of a pipeline config (``launch.py pipeline``) that this command's stage drops
+    OTHER_STAGES: ClassVar[tuple[str, ...]] = ("sft", "scoreboard")
 
     run: RunConfig = Field(default_factory=RunConfig, description="run directory and seed")
     data: DataConfig = Field(default_factory=DataConfig, description="data sets")

@@ -148,6 +148,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
     if overrides:
         source += " + command-line overrides"
     _refuse_unused_sections(schema, path, [parts for parts, _ in parsed], source)
+    _drop_other_stages(schema, data, [parts for parts, _ in parsed], source)
     try:
         cfg = schema.model_validate(data)
     except ValidationError as err:
@@ -176,6 +177,20 @@ def _refuse_unused_sections(schema: type[BaseModel], path, overrides: list[list[
     if keys:
         raise ConfigError("\n".join(f"{source}: {key}: not used by this command ({unused[key.split('.')[0]]}); "
                                      "remove it" for key in keys))
+
+
+def _drop_other_stages(schema: type[BaseModel], data: dict[str, Any], overrides: list[list[str]],
+                       source: str) -> None:
+    """A schema's ``OTHER_STAGES`` are sections of a pipeline config (``launch.py pipeline``) that
+    belong to its other stages: this command runs one stage of such a file and drops them, but
+    an override of one is refused (it would change nothing here)."""
+    other: tuple[str, ...] = getattr(schema, "OTHER_STAGES", ())
+    keys = [".".join(parts) for parts in overrides if parts[0] in other]
+    if keys:
+        raise ConfigError("\n".join(f"{source}: {key}: not used by this command (it belongs to another stage "
+                                     "of `launch.py pipeline`); remove it" for key in keys))
+    for name in other:
+        data.pop(name, None)
 
 
 def resolve_dtypes(cfg):

@@ -59,10 +59,29 @@ def check_inputs(cfg: EvalRootConfig, settings: list[RunSetting]) -> None:
             raise UserInputError(f"eval.settings: checkpoint {ckpt} needs the vllm backend (eval.backend=auto or vllm)")
 
 
+def pipeline_settings(runs: list[str]) -> list[RunSetting]:
+    """The learned settings of ``eval.runs``: each pipeline run's SFT and GRPO policies, on their
+    own models (``RUN/sft/model``, ``RUN/grpo/model``)."""
+    out = []
+    for run in runs:
+        root = repo_path(run)
+        found = [(stage, root / stage / "model") for stage in ("sft", "grpo")
+                 if (root / stage / "model" / "config.json").is_file()]
+        if not found:
+            raise UserInputError(f"eval.runs: {run}: neither {root / 'sft' / 'model'} nor {root / 'grpo' / 'model'} "
+                                 "holds a model; pass the directory of a `launch.py pipeline` run that finished "
+                                 "a stage")
+        for stage, model in found:
+            label = "SFT" if stage == "sft" else ("SFT+GRPO" if len(found) == 2 else "GRPO")
+            out.append(RunSetting(f"learned-{root.name}-{stage}", f"{label} ({root.name})", "vllm",
+                                  {"type": "learned", "checkpoint": None, "chunk_size": None, "model": str(model)}))
+    return out
+
+
 def fingerprint(cfg: EvalRootConfig, setting: RunSetting, ds: Dataset) -> dict[str, Any]:
     """Everything a setting's result depends on; a finished setting is redone if it changes."""
     ev = cfg.eval.model_dump(exclude={"settings", "plot_quality", "batch_size", "hf_batch_size",
-                                      "curve_k", "curve_cache", "curve_replicates"})
+                                      "curve_k", "curve_cache", "curve_replicates", "runs"})
     in_episodes = setting.params["type"] == "learned" or setting.params.get("layout") == "episode"
     layout = cfg.rollout.episode.model_dump() if in_episodes else None
     return {"params": setting.params, "backend": setting.backend, "model": cfg.model.model_dump(),
@@ -181,7 +200,7 @@ def _scoreboard(cfg: EvalRootConfig, run_dir: Path, settings: list[RunSetting], 
 
 def run_eval(cfg: EvalRootConfig, run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Run (or resume) the sweep; returns every setting's scores and the scoreboard."""
-    settings = with_curve_settings(cfg.eval, expand_settings(cfg.eval))
+    settings = with_curve_settings(cfg.eval, expand_settings(cfg.eval) + pipeline_settings(cfg.eval.runs))
     check_inputs(cfg, settings)
     ds = load_pairs(cfg.data.test, cfg.data, seed=cfg.run.seed, purpose="test", limit=cfg.data.limit, shuffle=False)
     write_resolved_config(cfg, run_dir)  # type: ignore[arg-type]

@@ -145,6 +145,10 @@ class EvalConfig(_Section):
     curve_cache: PathStr | None = Field(
         "runs/curves", description="where finished wait-k curve points are kept and reused across runs "
                                    "(relative to the repository); null = no cache")
+    runs: list[PathStr] = Field(
+        default_factory=list, max_length=100,
+        description="`launch.py pipeline` run directories: their SFT and GRPO policies (RUN/sft/model, "
+                    "RUN/grpo/model) join the settings as learned settings with their own model")
     curve_replicates: int = Field(1000, ge=1, le=100_000,
                                   description="bootstrap resamples of the sentences for the scoreboard's intervals")
 

@@ -48,6 +48,7 @@ class SftRootConfig(RootConfig):
     so it inherits a ``train`` section: that section is ignored, and setting one of its keys in
     the SFT config itself is an error. ``reward`` scores the dev evaluation (quality, λ)."""
 
+    OTHER_STAGES: ClassVar[tuple[str, ...]] = ("scoreboard",)
     UNUSED_SECTIONS: ClassVar[dict[str, str]] = {
         "train": "sft trains for sft.epochs over the pairs; its dev set is sft.dev_size"}
 

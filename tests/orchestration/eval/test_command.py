@@ -12,6 +12,7 @@ import pytest
 
 import launch
 from orchestration.config_loader import ConfigError
+from orchestration.errors import UserInputError
 from orchestration.eval.config import expand_settings, load_eval_config
 
 with warnings.catch_warnings():
@@ -266,3 +267,18 @@ def test_expost_positions_need_their_slots(tmp_path, tiny_model_dir, data_dir, c
     assert "waitk-k2-expost: positions=expost needs source_slots" in err and "sft_provenance.json" in err
     assert launch.main(["eval", "--config", cfg, "eval.settings=[{type: lsg, positions: expost}]"]) == 2
     assert "eval.settings.0.positions: unknown key" in capsys.readouterr().err
+
+
+def test_pipeline_runs_join_as_learned_settings_on_their_own_models(tmp_path):
+    from orchestration.eval.command import pipeline_settings
+
+    run = tmp_path / "default-1"
+    for stage in ("sft", "grpo"):
+        (run / stage / "model").mkdir(parents=True)
+        (run / stage / "model" / "config.json").write_text("{}")
+    got = pipeline_settings([str(run)])
+    assert [(s.name, s.line, s.params["model"]) for s in got] == [
+        ("learned-default-1-sft", "SFT (default-1)", str(run / "sft" / "model")),
+        ("learned-default-1-grpo", "SFT+GRPO (default-1)", str(run / "grpo" / "model"))]
+    with pytest.raises(UserInputError, match="eval.runs: .*holds a model"):
+        pipeline_settings([str(tmp_path / "empty")])
