@@ -146,7 +146,10 @@ class EvalWorker:
             kind, payload = read_checkpoint(params["checkpoint"])
             load = self.backend.load_adapter if kind == "adapter" else self.backend.load_tensors
             load(payload, 1)
-        episode = self.cfg.rollout.episode
+        from rollout.config import EpisodeConfig
+
+        # a pipeline run's policy brings the layout it was trained in (eval.runs)
+        episode = EpisodeConfig.model_validate(params["episode"]) if params.get("episode") else self.cfg.rollout.episode
         if params.get("chunk_size") is not None:
             episode = episode.model_copy(update={"chunk_size": params["chunk_size"]})
         schedule_k = params["k"] if params["type"] == "waitk" else None

@@ -71,11 +71,26 @@ def pipeline_settings(runs: list[str]) -> list[RunSetting]:
             raise UserInputError(f"eval.runs: {run}: neither {root / 'sft' / 'model'} nor {root / 'grpo' / 'model'} "
                                  "holds a model; pass the directory of a `launch.py pipeline` run that finished "
                                  "a stage")
+        episode = _run_episode(root)
         for stage, model in found:
             label = "SFT" if stage == "sft" else ("SFT+GRPO" if len(found) == 2 else "GRPO")
             out.append(RunSetting(f"learned-{root.name}-{stage}", f"{label} ({root.name})", "vllm",
-                                  {"type": "learned", "checkpoint": None, "chunk_size": None, "model": str(model)}))
+                                  {"type": "learned", "checkpoint": None, "chunk_size": None, "model": str(model),
+                                   "episode": episode}))
     return out
+
+
+def _run_episode(root: Path) -> dict[str, Any]:
+    """The episode layout a pipeline run trained in (its config.yaml): its policies are decoded
+    in that layout, whatever this eval config's rollout.episode says."""
+    from orchestration.config_loader import read_yaml
+    from rollout.config import EpisodeConfig
+
+    try:
+        episode = (read_yaml(root / "config.yaml").get("rollout") or {}).get("episode") or {}
+        return EpisodeConfig.model_validate(episode).model_dump()
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"eval.runs: {root}: no readable config.yaml with its rollout.episode ({exc})") from None
 
 
 def fingerprint(cfg: EvalRootConfig, setting: RunSetting, ds: Dataset) -> dict[str, Any]:

@@ -276,9 +276,12 @@ def test_pipeline_runs_join_as_learned_settings_on_their_own_models(tmp_path):
     for stage in ("sft", "grpo"):
         (run / stage / "model").mkdir(parents=True)
         (run / stage / "model" / "config.json").write_text("{}")
+    (run / "config.yaml").write_text("rollout:\n  episode:\n    layout: continue\n    chunk_size: 4\n")
     got = pipeline_settings([str(run)])
     assert [(s.name, s.line, s.params["model"]) for s in got] == [
         ("learned-default-1-sft", "SFT (default-1)", str(run / "sft" / "model")),
         ("learned-default-1-grpo", "SFT+GRPO (default-1)", str(run / "grpo" / "model"))]
+    # decoded in the layout the run trained in
+    assert all(s.params["episode"]["layout"] == "continue" and s.params["episode"]["chunk_size"] == 4 for s in got)
     with pytest.raises(UserInputError, match="eval.runs: .*holds a model"):
         pipeline_settings([str(tmp_path / "empty")])
