@@ -80,6 +80,7 @@ class SimulOutput:
     decisions: list[dict[str, Any]]   # read, written, target (ids committed), action, by[, kl, p_max]
     generated_tokens: int = 0
     forced_reads: list[dict[str, Any]] = field(default_factory=list)  # read, written, beyond_bound
+    wait_share: float | None = None   # episode layouts: share of the turns before the last left empty
 
 
 def full_vocabulary_array(dist: dict[int, float]) -> np.ndarray:

@@ -44,7 +44,8 @@ def instance_record(out: SimulOutput, src: Source, unit_ms: float) -> dict[str, 
     return {"index": src.index, "source": src.text, "prediction": out.prediction,
             "reference": src.reference, "delays": list(out.delays),
             "elapsed": elapsed_from_compute(out.delays, out.compute_s, unit_ms),
-            "source_length": out.source_length, "prediction_length": len(out.delays)}
+            "source_length": out.source_length, "prediction_length": len(out.delays),
+            **({"wait_share": out.wait_share} if out.wait_share is not None else {})}
 
 
 def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
@@ -167,8 +168,10 @@ class EvalWorker:
                 # a unit's compute time: the clock after the step whose read its delay records
                 reads = [step_delay(step, t.meta["chunk_size"], t.source_length) for step in range(1, t.num_steps + 1)]
                 compute = [clock[reads.index(d) + 1] for d in t.delays]
+                waits = [not p.strip() for p in t.pieces[:-1]]
                 outs.append(SimulOutput(src.index, t.source_length, t.hypothesis, list(t.delays), compute,
-                                        [], [], len(t.token_ids)))
+                                        [], [], len(t.token_ids),
+                                        wait_share=sum(waits) / len(waits) if waits else 0.0))
             yield start + len(batch), outs, stats.as_dict()
 
     def run_setting(self, setting: dict[str, Any], sources: list[dict[str, Any]], out_dir: str,

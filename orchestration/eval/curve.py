@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from orchestration.eval.score import ScoredInstance
+from orchestration.eval.score import ScoredInstance, length_ratio
 from reward.latency import corpus_latency
 from reward.text_metrics import Unit, bleu_tokenizer
 
@@ -257,8 +257,11 @@ def scoreboard_report(points: Mapping[str, Sequence[ScoredInstance]], curve: Map
                 else:
                     dist[lat][q] = _distance(own[q] - float(value[0]), float(value[0]), int(segment[0]), ks,
                                              draws[p][(lat, q)])
+        waits = [ins.recorded.get("wait_share") for ins in keyed[p]]
         rows.append({"setting": p, "quality": {q: own[q] for q in qualities},
                      "latency": {m: own[m] for m in LATENCIES}, "distance": dist,
+                     "length_ratio": length_ratio(keyed[p]),
+                     "wait_share": None if None in waits else float(np.mean(waits)),
                      "curve_ks": ks, "replicates": replicates})
     return {"curve": [{"k": k, "quality": {q: c[q] for q in qualities}, "latency": {m: c[m] for m in LATENCIES}}
                       for k, c in zip(ks, wk_corpus)],
@@ -293,8 +296,14 @@ def format_scoreboard(report: Mapping[str, Any]) -> str:
         return "scoreboard: no setting besides wait-k to score"
     qualities = list(rows[0]["quality"])
     cols = [(lat, q) for lat in LATENCIES for q in qualities]
-    header = ["setting", *(f"{q}-curve@{lat}" for lat, q in cols)]
-    body = [[r["setting"], *(_cell(r["distance"][lat][q]) for lat, q in cols)] for r in rows]
+    header = ["setting", "BLEU", "LAAL", "len", "wait", *(f"{q}-curve@{lat}" for lat, q in cols)]
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    body = [[r["setting"], num(r["quality"].get("BLEU"), ".2f"), num(r["latency"].get("LAAL"), ".2f"),
+             num(r.get("length_ratio"), ".2f"), num(r.get("wait_share"), ".2f"),
+             *(_cell(r["distance"][lat][q]) for lat, q in cols)] for r in rows]
     widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + body]
     ks = ", ".join(str(c["k"]) for c in report["curve"])

@@ -167,6 +167,9 @@ def summarize(instances: list[ScoredInstance], unit: Unit,
         refs = [ins.reference or "" for ins in instances]
         result["BLEU"] = corpus_bleu(hyps, refs, tokenize=bleu_tokenizer(unit))
         result["chrF"] = corpus_chrf(hyps, refs)
+        result["length_ratio"] = length_ratio(instances)
+    if all("wait_share" in ins.recorded for ins in instances):
+        result["wait_share"] = math.fsum(ins.recorded["wait_share"] for ins in instances) / len(instances)
     result.update(scored=scored, skipped_empty=skipped, latency_unit=unit)
     if per_instance:
         result["instances"] = [
@@ -174,6 +177,13 @@ def summarize(instances: list[ScoredInstance], unit: Unit,
              **{m: (getattr(ins.scores, m) if ins.scores else None) for m in METRICS}}
             for ins in instances]
     return result
+
+
+def length_ratio(instances: list[ScoredInstance]) -> float | None:
+    """Corpus length ratio: units written over reference units (as BLEU's brevity ratio counts,
+    in latency units); over-generation shows as > 1."""
+    ref = sum(ins.reference_length or 0 for ins in instances)
+    return sum(len(ins.delays) for ins in instances) / ref if ref else None
 
 
 PAIRED_METRICS = ("chrF", "AL", "LAAL", "YAAL", "length_ratio")

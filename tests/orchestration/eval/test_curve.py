@@ -230,7 +230,11 @@ def test_table_marks_intervals_that_exclude_zero(tmp_path):
     report = scoreboard_report({"perfect": instances(tmp_path, "pf", [record(i, r, 2, 0.0) for i, r in enumerate(refs)]),
                                 "copy": list(curve[3])}, curve, "word", replicates=100)
     lines = format_scoreboard(report).splitlines()
-    assert lines[0].split() == ["setting", "BLEU-curve@LAAL", "chrF-curve@LAAL", "BLEU-curve@AL", "chrF-curve@AL"]
+    assert lines[0].split() == ["setting", "BLEU", "LAAL", "len", "wait", "BLEU-curve@LAAL", "chrF-curve@LAAL",
+                                "BLEU-curve@AL", "chrF-curve@AL"]
+    # the perfect copy of the references writes exactly their length; no instance records waits
+    assert next(p for p in report["points"] if p["setting"] == "perfect")["length_ratio"] == 1.0
+    assert all(p["wait_share"] is None for p in report["points"])
     perfect = next(line for line in lines if line.startswith("perfect"))
     copy = next(line for line in lines if line.startswith("copy"))
     assert perfect.count("*") == 4 and "*" not in copy and "+0.00 [+0.00, +0.00]" in copy
