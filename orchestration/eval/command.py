@@ -213,9 +213,12 @@ def _scoreboard(cfg: EvalRootConfig, run_dir: Path, settings: list[RunSetting], 
     return board
 
 
-def run_eval(cfg: EvalRootConfig, run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Run (or resume) the sweep; returns every setting's scores and the scoreboard."""
-    settings = with_curve_settings(cfg.eval, expand_settings(cfg.eval) + pipeline_settings(cfg.eval.runs))
+def run_eval(cfg: EvalRootConfig, run_dir: Path, extra_settings: list[RunSetting] = ()
+             ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Run (or resume) the sweep (the config's settings, ``eval.runs``' policies and
+    ``extra_settings``); returns every setting's scores and the scoreboard."""
+    settings = with_curve_settings(cfg.eval, expand_settings(cfg.eval) + pipeline_settings(cfg.eval.runs)
+                                   + list(extra_settings))
     check_inputs(cfg, settings)
     ds = load_pairs(cfg.data.test, cfg.data, seed=cfg.run.seed, purpose="test", limit=cfg.data.limit, shuffle=False)
     write_resolved_config(cfg, run_dir)  # type: ignore[arg-type]

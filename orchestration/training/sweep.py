@@ -18,6 +18,11 @@ continued by running the same command again. At the end (and after every run) ``
 each change with its paired bootstrap 95% interval from the run's ``summary.json``, ``*`` where
 it excludes 0)
 and ``sweep.png`` (the runs on the quality-latency plane).
+
+With ``sft_config`` the sweep first runs that pipeline config's SFT stage into ``OUT/sft`` and
+every run starts GRPO from it; with ``heldout`` every run's final policy is then decoded on that
+eval config's test lines and scored against the base model's wait-k curve there
+(:mod:`orchestration.training.sweep_heldout`): the ablation judged on held-out data.
 """
 from __future__ import annotations
 
@@ -50,6 +55,13 @@ class SweepConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     train_config: str = Field(min_length=1, description="training config every run starts from (relative to this file)")
+    sft_config: str | None = Field(
+        None, min_length=1, description="a pipeline config (relative to this file) whose SFT stage runs first "
+                                        "into OUT/sft; every run then starts GRPO from its model")
+    heldout: str | None = Field(
+        None, min_length=1, description="an eval config (relative to this file): after the runs, every run's "
+                                        "final policy on its test lines against the wait-k curve (OUT/heldout, "
+                                        "OUT/scoreboard.md, OUT/scoreboard.png)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted key -> value for every run")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values; one run per combination")
     runs: list[SweepRun] = Field(default_factory=list, description="explicit named runs")
@@ -91,6 +103,10 @@ def load_sweep(path: Path) -> tuple[SweepConfig, Path]:
 
 def run_overrides(cfg: SweepConfig, run: SweepRun, run_dir: Path) -> list[str]:
     merged = {**cfg.overrides, **run.set}
+    if cfg.sft_config is not None:       # every arm from the same SFT start
+        merged["model.init_from"] = str(run_dir.parent / "sft")
+    if cfg.heldout is not None:          # the held-out scoreboard decodes each arm's exported policy
+        merged["train.export_model"] = True
     return [override(k, v) for k, v in merged.items()] + [f"run.dir={run_dir}", f"run.name={run.name}"]
 
 
@@ -215,6 +231,10 @@ def main(args: argparse.Namespace) -> int:
     out = out.resolve()
     check_all(cfg, base, runs, out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.sft_config is not None:
+        from orchestration.training.sweep_heldout import warm_start
+
+        warm_start((path.parent / cfg.sft_config).resolve(), out)
     todo = [r for r in runs if run_state(out / r.name) != "done"]
     print(f"sweep {path.stem}: {len(runs)} runs in {out}; {len(runs) - len(todo)} done, {len(todo)} to go")
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run")
@@ -231,4 +251,9 @@ def main(args: argparse.Namespace) -> int:
     bar.close()
     write_report(out, table(out, runs))
     print((out / "sweep.md").read_text(encoding="utf-8") + f"table: {out / 'sweep.md'}  plot: {out / 'sweep.png'}")
+    if cfg.heldout is not None:
+        from orchestration.training.sweep_heldout import heldout_scoreboard
+
+        heldout_scoreboard((path.parent / cfg.heldout).resolve(), out, [r.name for r in runs],
+                           start=cfg.sft_config is not None)
     return 0

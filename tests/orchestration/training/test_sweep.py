@@ -77,3 +77,33 @@ def test_a_stopped_sweep_continues_where_it_stopped(tiny_model_dir, tmp_path, mo
     cfg4 = (out / "lam-4.0" / "config.yaml").read_text()
     assert "lam: 4.0" in cfg4
     assert (out / "sweep.png").stat().st_size > 0 and "| lam-4.0 |" in (out / "sweep.md").read_text()
+
+
+def test_a_warm_started_held_out_sweep_starts_every_arm_from_its_sft_and_exports_it(tmp_path):
+    cfg = SweepConfig(train_config="x.yaml", sft_config="p.yaml", heldout="h.yaml")
+    over = sweep.run_overrides(cfg, SweepRun(name="a", set={"reward.lam": 1}), tmp_path / "out" / "a")
+    assert f"model.init_from={tmp_path / 'out' / 'sft'}" in over and "train.export_model=true" in over
+    plain = sweep.run_overrides(SweepConfig(train_config="x.yaml"), SweepRun(name="a"), tmp_path / "a")
+    assert not any(o.startswith(("model.init_from", "train.export_model")) for o in plain)
+
+
+def test_held_out_arms_are_the_exported_policies_in_their_own_layout(tmp_path):
+    from orchestration.training.sweep_heldout import arm_settings, scoreboard_markdown
+
+    for run in ("sft", "a", "b"):
+        (tmp_path / run / "model").mkdir(parents=True)
+        (tmp_path / run / "model" / "config.json").write_text("{}")
+        (tmp_path / run / "config.yaml").write_text("rollout:\n  episode:\n    layout: prefix\n")
+    (tmp_path / "c").mkdir()                    # an arm that never finished: no model, no row
+    got = arm_settings(tmp_path, ["a", "b", "c"], start=True)
+    assert [(s.name, s.line) for s in got] == [("learned-sft-start", "sft-start"), ("learned-a", "a"),
+                                              ("learned-b", "b")]
+    assert got[1].params["model"] == str(tmp_path / "a" / "model") and got[1].params["episode"]["layout"] == "prefix"
+    cell = {"diff": 1.5, "low": 0.25, "high": 2.75, "excludes_zero": True}
+    board = {"curve": [{"k": 1}, {"k": 3}], "sentences": 9, "replicates": 50, "points": [
+        {"setting": "a", "quality": {"BLEU": 12.0, "chrF": 40.0}, "latency": {"LAAL": 4.0, "AL": 3.0},
+         "length_ratio": 1.0, "wait_share": 0.25,
+         "distance": {"LAAL": {"BLEU": cell, "chrF": {"diff": None, "outside": "above"}}, "AL": {"BLEU": cell}}}]}
+    md = scoreboard_markdown(board)
+    assert "| a | 12.00 | 40.00 | 4.00 | 3.00 | 1.00 | 0.25 | +1.50 [+0.25, +2.75]* | outside (above) |" in md
+    assert "k = 1, 3" in md and "9 sentences" in md
