@@ -18,7 +18,7 @@ CONFIGS = REPO / "configs"
 
 # config file (relative to configs/) -> the command that reads it
 COMMANDS = {
-    "default.yaml": "train",
+    "default.yaml": "pipeline",
     "cluster-8gpu.yaml": "train",
     **{f"ablations/{p.name}": "train" for p in (CONFIGS / "ablations").glob("*.yaml")},
     "bench/rollout-cpu.yaml": "bench-rollout",
@@ -32,6 +32,7 @@ COMMANDS = {
     "sft/demo-deen-simulmask.yaml": "sft",
     "eval/newstest2015-deen-cpu.yaml": "eval",
     "eval/heldout-deen-cpu.yaml": "eval",
+    "eval/heldout-arms-deen-cpu.yaml": "eval",
     "eval/heldout-deen-1.5b-cpu.yaml": "eval",
     "eval/simulmask-deen-cpu.yaml": "eval",
     "eval/lsg-paper-levels.yaml": "eval",
@@ -61,6 +62,12 @@ def test_shipped_config_validates(name):
         assert settings and len({s.name for s in settings}) == len(settings)
         assert get_spec(cfg.data.test).role == "test"
         return
+    if command == "pipeline":     # the main job: every stage's config validates too
+        from orchestration.training.pipeline_config import PipelineRootConfig
+
+        pipe = load_config(path, schema=PipelineRootConfig)
+        pipe.sft_stage(), pipe.training()
+        command = "train"
     cfg = load_config(path, schema=SftRootConfig if command == "sft" else RootConfig)
     assert cfg.model.dtype in ("bfloat16", "float32") and cfg.learner.dtype in ("bfloat16", "float32")
     if command in ("train", "sft"):
