@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestration.config import RootConfig
-from orchestration.errors import UserInputError
+from orchestration.config_rules import check_config
+from orchestration.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_BASE_DEPTH = 8
@@ -27,10 +28,6 @@ def repo_path(value: str | Path) -> Path:
     root, so a config means the same from any working directory."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
-
-
-class ConfigError(UserInputError):
-    """Bad configuration: the message says which file/key and what is allowed."""
 
 
 def read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
@@ -154,8 +151,6 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
     except ValidationError as err:
         message = format_error(err, source) if format_error else format_validation_error(err, source, schema)
         raise ConfigError(message) from None
-    from orchestration.config_rules import check_config
-
     check_config(cfg, source)   # all cross-field problems at once
     return resolve_dtypes(cfg)
 

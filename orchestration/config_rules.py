@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from orchestration.errors import ConfigError
+
 
 def _whole(x: float) -> bool:
     return math.isclose(x, round(x))
@@ -131,7 +133,5 @@ def config_problems(cfg) -> list[str]:
 def check_config(cfg, source: str = "config") -> None:
     problems = config_problems(cfg)
     if problems:
-        from orchestration.config_loader import ConfigError
-
         raise ConfigError(f"{source}: {len(problems)} inconsistent setting(s):\n  " + "\n  ".join(problems))
 
