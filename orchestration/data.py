@@ -20,38 +20,17 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 from orchestration.config import DataConfig
 from orchestration.config_loader import REPO_ROOT, repo_path
+from orchestration.data_spec import ROLES, DatasetSpec, Role, read_text_lines  # noqa: F401 - re-exported
 from orchestration.errors import UserInputError
+from orchestration.user_data import PAIR_FILE_SUFFIXES, read_pair_file, user_spec
 from rollout.units import count_units, unit_of
 
-Role = Literal["train", "dev", "test"]
-ROLES: tuple[str, ...] = ("train", "dev", "test")
 DATA_ENV = "SIMULRL_DATA"
 DEFAULT_DATA_DIR = REPO_ROOT / ".." / "shared" / "data"
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One named set in one direction; file paths are relative to the data directory."""
-
-    name: str
-    src_lang: str  # "de", "en" or "zh"
-    tgt_lang: str
-    src_file: str
-    ref_file: str
-    role: Role  # "test" and "dev" sets are refused for training
-    # (sacrebleu test set, langpair) that yields these files, for ``data.fetch``; None = not fetchable
-    sacrebleu: tuple[str, str] | None = None
-
-    @property
-    def direction(self) -> str:
-        return f"{self.src_lang}-{self.tgt_lang}"
-
-    def paths(self, data_dir: Path) -> tuple[Path, Path]:
-        return data_dir / self.src_file, data_dir / self.ref_file
 
 
 @dataclass(frozen=True)
@@ -143,6 +122,13 @@ def get_spec(name: str) -> DatasetSpec:
                          f"(your own data: a folder with src.txt/ref.txt or a .jsonl/.tsv file path)")
 
 
+def is_user_set(name: str) -> bool:
+    """A folder or file path (a user's own set) rather than a registered name."""
+    if name in DATASETS:
+        return False
+    return "/" in name or os.sep in name or name.endswith(PAIR_FILE_SUFFIXES) or repo_path(name).is_dir()
+
+
 # --- data directory -------------------------------------------------------------------------
 
 
@@ -169,29 +155,6 @@ def source_units(text: str, lang: str) -> int:
     return count_units(text, unit_of(lang))
 
 
-def read_text_lines(path: Path) -> list[str]:
-    """The lines of ``path``: UTF-8 (errors name the line), split on LF only, no BOM."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise UserInputError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at byte column {col})"
-                             ) from None
-    # Split on "\n" only, not str.splitlines(): U+2028 or a form feed inside a segment must not
-    # shift the alignment or disagree with the line counts that `wc -l` and `datasets` report.
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the final newline ends the last line; it does not start a new one
-    if lines and lines[0].startswith("\ufeff"):
-        lines[0] = lines[0][1:]  # a byte-order mark some editors add is not part of the text
-    return lines
-
-
 def _read_segments(path: Path) -> list[str]:
     """All segments of ``path``: UTF-8, split on LF only, each stripped; errors name the line."""
     lines = read_text_lines(path)
@@ -207,8 +170,6 @@ def _read_segments(path: Path) -> list[str]:
 
 def _validated_pairs(spec: DatasetSpec, src_path: Path, ref_path: Path, max_units: int) -> list[Pair]:
     if src_path == ref_path:   # one JSONL/TSV file holds both sides
-        from orchestration.user_data import read_pair_file
-
         sources, references = read_pair_file(src_path)
         fix = "remove that line"
     else:
@@ -259,8 +220,6 @@ def load_pairs(name: str, data_cfg: DataConfig, *, seed: int, purpose: Role,
     """Read and validate the set ``name`` for ``purpose``; then shuffle with ``seed`` and keep ``limit``."""
     if purpose not in ROLES:
         raise ValueError(f"purpose must be one of {ROLES}, not {purpose!r}")
-    from orchestration.user_data import is_user_set, user_spec
-
     if is_user_set(name):
         spec = user_spec(name, data_cfg, purpose)
         src_path, ref_path = Path(spec.src_file), Path(spec.ref_file)

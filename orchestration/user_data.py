@@ -8,13 +8,12 @@ them (``talks_deen``, ``talks.de-en.tsv``), else from ``data.src_lang``/``data.t
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from orchestration.config import DataConfig
 from orchestration.config_loader import repo_path
-from orchestration.data import DATASETS, DatasetSpec, Role, read_text_lines
+from orchestration.data_spec import DatasetSpec, Role, read_text_lines
 from orchestration.errors import UserInputError
 from rollout.episode import LANGUAGE_NAMES
 
@@ -51,13 +50,6 @@ def read_pair_file(path: Path) -> tuple[list[str], list[str]]:
         sources.append(src.strip())
         references.append(ref.strip())
     return sources, references
-
-
-def is_user_set(name: str) -> bool:
-    """A folder or file path rather than a registered name."""
-    if name in DATASETS:
-        return False
-    return "/" in name or os.sep in name or name.endswith(PAIR_FILE_SUFFIXES) or repo_path(name).is_dir()
 
 
 _NAME_LANGS = re.compile(r"(?:^|[_.\-])([a-z]{2})-?([a-z]{2})$")
