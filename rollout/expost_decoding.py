@@ -145,7 +145,9 @@ class ExPosSTBackend:
         if fed < len(p.target):
             logits = self._feed(st, p.target[fed:], list(range(P + R + M + fed, P + R + M + len(p.target))),
                                 "target", fed)
-        assert logits is not None, "nothing new to condition on"
+        if logits is None:
+            raise RuntimeError("ExPosST decoding: nothing new to condition on (every prompt token was already "
+                               "fed and none was cropped)")
         return logits
 
     def generate(self, prompts: Sequence[list[int]], max_new_tokens: Sequence[int],

@@ -278,7 +278,9 @@ class PrefixDecoder:
     def _ask(self, states: list[_State]) -> list[tuple[str, dict]]:
         """LSG's in-range decision from p_cur and the wait-1 p_base, in one batched call."""
         policy = self.policy
-        assert isinstance(policy, LSGPolicy), f"policy {policy.name} never asks the model"
+        if not isinstance(policy, LSGPolicy):
+            raise TypeError(f"policy {policy.name} never asks the model: only LSG decides from the model's "
+                            "next-token distributions")
         prompts = [self.prompter.prompt(st.source, st.read, st.ids) for st in states]
         prompts += [self.prompter.prompt(st.source, policy.base_read(st.units, st.source_length), st.ids)
                     for st in states]
@@ -374,7 +376,11 @@ class PrefixDecoder:
         for st in self.states:
             prediction = normalize_spaces(st.text.prediction_text())
             # The incremental text is the one-shot decoding (up to an unfinished character).
-            assert count_units(prediction, st.unit) == len(st.delays), (st.source.index, prediction)
+            units = count_units(prediction, st.unit)
+            if units != len(st.delays):
+                raise RuntimeError(f"sentence {st.source.index}: the prediction {prediction!r} has {units} "
+                                   f"{st.unit} units but {len(st.delays)} delays were recorded; the tokenizer's "
+                                   "incremental decoding disagrees with decoding the whole text")
             out.append(SimulOutput(st.source.index, st.source_length, prediction, list(st.delays),
                                    list(st.compute_s), list(st.ids), st.decisions, st.generated,
                                    list(st.forced)))
