@@ -3,7 +3,8 @@
 Each rule looks at a few sections and returns ``dotted.key: what is wrong and what to do``.
 ``config_problems`` runs every rule that applies to the sections a root config has (the
 ``sft`` and ``eval`` roots share most sections with ``train``); ``check_config`` raises one
-``ConfigError`` listing all of them.
+``ConfigError`` listing all of them. The first line of each rule's docstring and the messages
+it can return are listed in docs/configuration.md (``launch.py show-config --markdown``).
 """
 from __future__ import annotations
 
@@ -16,12 +17,19 @@ def _whole(x: float) -> bool:
     return math.isclose(x, round(x))
 
 
+def trains_grpo(cfg) -> bool:
+    """The root runs GRPO on its ``train`` section (``train`` and ``pipeline``; ``sft`` ignores
+    the ``train`` section it may inherit, see ``SftRootConfig.UNUSED_SECTIONS``)."""
+    return hasattr(cfg, "train") and "train" not in getattr(type(cfg), "UNUSED_SECTIONS", {})
+
+
 def weight_sync_rules(cfg) -> list[str]:
+    """How new weights reach the engines (rollout.weight_sync) against LoRA and the engine's LoRA support."""
     ro, le = cfg.rollout, cfg.learner
     out = []
     mode, lora = ro.weight_sync, le.lora.enabled
-    # SFT exports full weights when there is no LoRA (orchestration.training.sft); train cannot
-    if mode == "merged" and not lora and not hasattr(cfg, "sft"):
+    # SFT exports full weights when there is no LoRA (orchestration.training.sft); GRPO cannot
+    if mode == "merged" and not lora and trains_grpo(cfg):
         out.append("rollout.weight_sync=merged: merges a LoRA delta but learner.lora.enabled=false; "
                    "use rollout.weight_sync=full for full fine-tuning")
     if mode == "adapter":
@@ -36,6 +44,7 @@ def weight_sync_rules(cfg) -> list[str]:
 
 
 def resource_rules(cfg) -> list[str]:
+    """GPUs per engine, per learner rank and per reward replica, and the colocated placement's shares."""
     ro, le, rw, rc = cfg.rollout, cfg.learner, cfg.reward, cfg.ray
     tp = ro.engine.tensor_parallel_size
     out = []
@@ -78,13 +87,14 @@ def resource_rules(cfg) -> list[str]:
 
 
 def shape_rules(cfg) -> list[str]:
+    """Generation caps against the engine's context, and a GRPO batch against the learner ranks."""
     ro, le = cfg.rollout, cfg.learner
     out = []
     ep, eng = ro.episode, ro.engine
     if ep.max_new_tokens_final >= eng.max_model_len:
         out.append(f"rollout.episode.max_new_tokens_final={ep.max_new_tokens_final}: not below "
                    f"rollout.engine.max_model_len={eng.max_model_len}; no episode could finish")
-    if hasattr(cfg, "train") and not hasattr(cfg, "sft"):
+    if trains_grpo(cfg):
         batch = cfg.train.sources_per_step * ro.sampling.group_size
         if batch < le.num_ranks:
             out.append(f"train.sources_per_step × rollout.sampling.group_size = {batch} trajectories per step: "
@@ -100,7 +110,9 @@ QUALITY_SCALE_TOP = {"chrf": 100.0, "chrf1": 100.0, "chrf_bp": 100.0, "bleu": 10
 
 
 def reward_rules(cfg) -> list[str]:
-    """The reward section on its own. ``latency_floor`` is read only by ``truncate: raw`` and is
+    """The reward section on its own: the gated mode's threshold and the length gate.
+
+    ``latency_floor`` is read only by ``truncate: raw`` and is
     left alone otherwise (it has a default, so a run that switches truncation off keeps it set)."""
     rw = cfg.reward
     out = []
@@ -120,14 +132,18 @@ def reward_rules(cfg) -> list[str]:
 
 
 RULES = (weight_sync_rules, resource_rules, shape_rules)
+# the sections each rule reads: a root config without one of them skips that rule
+RULE_SECTIONS = {reward_rules: ("reward",)} | {rule: ("rollout", "learner", "reward", "ray") for rule in RULES}
+
+
+def rules_for(sections) -> list:
+    """The rules a root config with these top-level sections is checked by, in order."""
+    return [rule for rule, needs in RULE_SECTIONS.items() if all(s in sections for s in needs)]
 
 
 def config_problems(cfg) -> list[str]:
     """Every cross-field problem of a root config (empty when it is consistent)."""
-    out = reward_rules(cfg) if hasattr(cfg, "reward") else []
-    if not all(hasattr(cfg, s) for s in ("rollout", "learner", "reward", "ray")):
-        return out
-    return out + [p for rule in RULES for p in rule(cfg)]
+    return [p for rule in rules_for(type(cfg).model_fields) for p in rule(cfg)]
 
 
 def check_config(cfg, source: str = "config") -> None:

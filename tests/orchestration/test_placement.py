@@ -108,6 +108,23 @@ def test_adapter_sync_rules():
     assert config_problems(cfg_of("configs/cluster-8gpu.yaml")) == []
 
 
+def test_the_pipeline_is_held_to_the_rules_of_its_grpo_stage():
+    """A pipeline config has an sft section, yet its GRPO stage trains: the GRPO rules apply to it,
+    and only an sft root (which ignores its train section) is spared them."""
+    from orchestration.training.pipeline_config import PipelineRootConfig
+    from orchestration.training.sft_config import SftRootConfig
+
+    for over, key in (("rollout.sampling.group_size=1", "rollout.sampling.group_size=1: GRPO compares"),
+                      ("learner.lora.enabled=false", "rollout.weight_sync=merged: merges a LoRA delta")):
+        with pytest.raises(ConfigError, match=key):
+            load_config("configs/default.yaml", [over], schema=PipelineRootConfig)
+        with pytest.raises(ConfigError, match=key):
+            load_config("configs/default.yaml", [over])
+    # an SFT stage without LoRA exports full weights: merged is no problem there
+    cfg = load_config("configs/sft/demo-deen.yaml", ["learner.lora.enabled=false"], schema=SftRootConfig)
+    assert cfg.rollout.weight_sync == "merged" and config_problems(cfg) == []
+
+
 @pytest.mark.slow
 def test_reserving_more_than_the_local_cluster_fails_at_once(ray_local):
     from orchestration.errors import UserInputError
