@@ -19,9 +19,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="join this Ray cluster (same as ray.address=ADDR; default $RAY_ADDRESS, else local)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "launch.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="launch.py",
+        prog=prog,
         description="SimulRL: RL training and evaluation for simultaneous machine translation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -52,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(handler="orchestration.eval.command:main")
 
-    p = sub.add_parser("show-config", help="print the resolved config (YAML) and exit")
+    p = sub.add_parser("show-config", help="print the resolved config (YAML) and exit; --markdown: the "
+                                           "configuration reference of every command (docs/configuration.md)")
     _config_args(p)
+    p.add_argument("--markdown", action="store_true",
+                   help="print the reference of every key (type, bounds, default, description) and the rules "
+                        "between keys as Markdown, instead of one resolved config")
     p.set_defaults(handler="orchestration.commands:show_config")
 
     p = sub.add_parser("datasets", help="list the named data sets and whether their files are present")
@@ -96,8 +100,10 @@ BENCHMARKS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "launch.py") -> int:
+    """Run one command (``argv``: the arguments after the program name, default ``sys.argv[1:]``);
+    returns the exit status: 0, 1 for a failed run, 2 for bad input."""
+    parser = build_parser(prog)
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow options given after them (bench KIND --out D k=v)
     stray = [a for a in extra if a.startswith("-") or "=" not in a]
@@ -120,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         # output piped into `head` and friends: stop quietly, as Unix tools do
         sys.stderr.close()
         return 0
+
+
+def cli() -> int:
+    """The ``simulrl`` console command (``[project.scripts]``): ``launch.py`` under that name."""
+    return main(prog="simulrl")
 
 
 if __name__ == "__main__":
