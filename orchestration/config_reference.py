@@ -18,10 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-import annotated_types as at
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from orchestration import config_rules
 
@@ -66,21 +64,17 @@ def _num(value: Any) -> str:
 
 def _constraints(metadata: list[Any], what: str) -> list[str]:
     """Bounds of one value: ``what`` is "length" (strings), "items" (lists) or "" (numbers)."""
-    lo = hi = None
+    def bound(name: str) -> Any:     # annotated_types' Ge(ge=...), MinLen(min_length=...), ...
+        return next((getattr(m, name) for m in metadata if getattr(m, name, None) is not None), None)
+
     out = []
-    for m in metadata:
-        if isinstance(m, at.Ge):
-            lo = f"≥ {_num(m.ge)}"
-        elif isinstance(m, at.Gt):
-            lo = f"> {_num(m.gt)}"
-        elif isinstance(m, at.Le):
-            hi = f"≤ {_num(m.le)}"
-        elif isinstance(m, at.Lt):
-            hi = f"< {_num(m.lt)}"
+    lo = f"≥ {_num(bound('ge'))}" if bound("ge") is not None else (
+        f"> {_num(bound('gt'))}" if bound("gt") is not None else None)
+    hi = f"≤ {_num(bound('le'))}" if bound("le") is not None else (
+        f"< {_num(bound('lt'))}" if bound("lt") is not None else None)
     if lo or hi:
         out.append(", ".join(x for x in (lo, hi) if x))
-    n_min = next((m.min_length for m in metadata if isinstance(m, at.MinLen)), None)
-    n_max = next((m.max_length for m in metadata if isinstance(m, at.MaxLen)), None)
+    n_min, n_max = bound("min_length"), bound("max_length")
     if n_min is not None or n_max is not None:
         unit = "item" if what == "items" else "character"
         if n_min is not None and n_max is not None:
@@ -89,7 +83,7 @@ def _constraints(metadata: list[Any], what: str) -> list[str]:
             out.append(f"at least {n_min} {unit}{'s' * (n_min != 1)}")
         else:
             out.append(f"at most {n_max} {unit}s")
-    pattern = next((getattr(m, "pattern", None) for m in metadata if getattr(m, "pattern", None)), None)
+    pattern = bound("pattern")
     if pattern:
         out.append(f"matches `{pattern}`")
     return out
@@ -178,11 +172,7 @@ def render_value(value: Any) -> str:
 
 
 def field_default(info: FieldInfo) -> str:
-    if info.default is not PydanticUndefined:
-        return render_value(info.default)
-    if info.default_factory is not None:
-        return render_value(info.default_factory())
-    return "required"
+    return "required" if info.is_required() else render_value(info.get_default(call_default_factory=True))
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -266,10 +256,8 @@ def section_defaults(model: type[BaseModel], prefix: str = "") -> dict[str, Any]
         sub = section_type(info)
         if sub is not None:
             out |= section_defaults(sub, key + ".")
-        elif info.default is not PydanticUndefined:
-            out[key] = info.default
-        elif info.default_factory is not None:
-            out[key] = info.default_factory()
+        elif not info.is_required():
+            out[key] = info.get_default(call_default_factory=True)
     return out
 
 
