@@ -123,7 +123,9 @@ class EvalConfig(_Section):
         "auto", description="auto = vLLM for every policy (exact LSG through full-vocabulary log-probs); hf = transformers")
     batch_size: int = Field(128, ge=1, le=100_000, description="sentences decoded in lock-step per batch")
     hf_batch_size: int = Field(8, ge=1, le=4096, description="prompts per transformers forward (hf backend)")
-    max_tokens_per_unit: int = Field(8, ge=1, le=256, description="generation cap of one write (one word or character)")
+    max_tokens_per_unit: int = Field(
+        4, ge=1, le=256, description="generation cap of one write call (a longer word continues at the next call "
+                                     "with the same source; 4 saves the decoding of tokens the write discards)")
     max_new_tokens_final: int = Field(256, ge=1, le=8192, description="generation cap once the source is complete")
     system_prompt: str = Field(
         DEFAULT_PREFIX_SYSTEM_PROMPT, min_length=1, max_length=4000,

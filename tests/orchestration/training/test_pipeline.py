@@ -59,3 +59,41 @@ def test_resume_needs_a_pipeline_run_directory(tmp_path, capsys):
 def test_the_printed_held_out_command_names_the_run():
     cmd = held_out_command(Path("/x/runs/default-1"))
     assert "launch.py eval --config configs/eval/heldout-deen-cpu.yaml" in cmd and "eval.runs=[/x/runs/default-1]" in cmd
+
+
+@pytest.mark.slow
+def test_the_pipeline_end_to_end_and_a_resume_that_keeps_every_stage(tiny_model_dir, tmp_path, ray_local, capsys):
+    """SFT -> GRPO -> dev scoreboard on the tiny model: each stage leaves its policy, the
+    scoreboard scores both against the wait-k curve on the GRPO stage's dev sentences, and a
+    resume keeps every finished stage (nothing is trained or decoded again)."""
+    import json
+
+    from tests.orchestration.training.test_loop import _tiny_run
+    from tests.tiny_data import build_tiny_data
+
+    data = build_tiny_data(tmp_path / "data", n=6)
+    run = tmp_path / "pipe"
+    over = _tiny_run(tiny_model_dir, data, run, "train.steps=1", "train.sources_per_step=2",
+                     "rollout.sampling.group_size=2", "train.checkpoint_every=1", "sft.pairs=4", "sft.batch_size=2",
+                     "sft.dev_size=2", "sft.min_source_units=1", "scoreboard.curve_k=[1,2]",
+                     f"scoreboard.curve_cache={tmp_path / 'curves'}", "scoreboard.replicates=50")
+    assert launch.main(["pipeline", "--config", str(DEFAULT), *over]) == 0
+    out = capsys.readouterr().out
+    for stage in ("sft", "grpo"):
+        assert (run / stage / "model" / "config.json").is_file() and (run / stage / "summary.json").is_file()
+    grpo_cfg = load_config(run / "grpo" / "config.yaml")
+    assert grpo_cfg.model.init_from == str(run / "sft") and grpo_cfg.train.export_model
+    board = json.loads((run / "scoreboard.json").read_text())
+    assert [c["k"] for c in board["curve"]] == [1, 2] and board["sentences"] == 2
+    assert [p["setting"] for p in board["points"]] == ["SFT", "SFT+GRPO"]
+    for p in board["points"]:   # the dev instances of the GRPO stage record each sentence's wait share
+        assert set(p["distance"]) == {"LAAL", "AL"} and 0 <= p["wait_share"] <= 1
+    assert (run / "scoreboard.png").stat().st_size > 0
+    assert f"eval.runs=[{run}]" in out
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "sft" / "summary.json", run / "grpo" / "summary.json",
+                                                  run / "scoreboard" / "settings" / "waitk-k1" / "scores.json")}
+    assert launch.main(["pipeline", "--resume", str(run)]) == 0
+    again = capsys.readouterr().out
+    assert "sft: finished earlier, kept" in again and "grpo: finished earlier, kept" in again
+    assert "waitk-k1: finished earlier, kept" in again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
