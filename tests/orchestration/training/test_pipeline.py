@@ -23,7 +23,7 @@ def test_scoreboard_fields_are_documented():
 
 
 def test_the_default_config_is_a_pipeline_and_each_stage_reads_its_part():
-    cfg = load_config(DEFAULT, schema=PipelineRootConfig)
+    cfg = load_config(DEFAULT, ["learner.kl_beta=0.05"], schema=PipelineRootConfig)
     assert cfg.sft.enabled and cfg.scoreboard.enabled
     # GRPO: the training sections as written, the KL term kept
     train = cfg.training()
