@@ -77,7 +77,7 @@ def build_parser(prog: str = "launch.py") -> argparse.ArgumentParser:
     p.add_argument("--replicates", type=int, default=1000, metavar="N",
                    help="--curve: bootstrap resamples of the sentences (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="--curve: seed of the resamples (default 0)")
-    p.set_defaults(handler="orchestration.eval.score:main")
+    p.set_defaults(handler="orchestration.eval.curve_run:score_command")
 
     p = sub.add_parser("bench", help="measure speed or metric quality; writes DIR/bench_<kind>.json")
     p.add_argument("kind", choices=sorted(BENCHMARKS), help="what to measure")

@@ -127,3 +127,11 @@ def main(args: argparse.Namespace) -> int:
     print(format_scoreboard(report))
     print(f"written: {path}")
     return 0
+
+
+def score_command(args: argparse.Namespace) -> int:
+    """``launch.py score``: ``--curve DIR`` here, ``--instances FILE`` in :mod:`orchestration.eval.score`
+    (this module imports that one, so the dispatch lives here and no import circle forms)."""
+    from orchestration.eval.score import main as score_main
+
+    return main(args) if getattr(args, "curve", None) else score_main(args)

@@ -227,12 +227,8 @@ def paired_against(instances: list[ScoredInstance], base: list[ScoredInstance], 
 
 
 def main(args: argparse.Namespace) -> int:
-    """``launch.py score``: one instances file (optionally paired with another), or with
-    ``--curve DIR`` the scoreboard of an eval run (:mod:`orchestration.eval.curve_run`)."""
-    if getattr(args, "curve", None):
-        from orchestration.eval.curve_run import main as curve_main
-
-        return curve_main(args)
+    """``launch.py score --instances``: one instances file (optionally paired with another);
+    ``--curve DIR`` goes to :func:`orchestration.eval.curve_run.score_command`."""
     unit: Unit = args.latency_unit
     instances = read_instances(Path(args.instances), unit)
     base = read_instances(Path(args.against), unit) if getattr(args, "against", None) else None
