@@ -19,6 +19,7 @@ CONFIGS = REPO / "configs"
 # config file (relative to configs/) -> the command that reads it
 COMMANDS = {
     "default.yaml": "pipeline",
+    "demo-1.5b.yaml": "pipeline",
     "cluster-8gpu.yaml": "train",
     **{f"ablations/{p.name}": "train" for p in (CONFIGS / "ablations").glob("*.yaml")},
     "bench/rollout-cpu.yaml": "bench-rollout",
