@@ -35,6 +35,10 @@ class ChatTemplateError(ValueError):
     """The chat template does not render turns in an append-only way."""
 
 
+class EpisodeTooLong(ValueError):
+    """An episode's prompt no longer fits the engine's context."""
+
+
 @dataclass(frozen=True)
 class ChatLayout:
     """The text around each turn, as the chat template renders it.
@@ -130,6 +134,7 @@ class WriteRules:
     final_tokens_per_source_unit: float | None = None
     units_per_read: float | None = None
     schedule_k: int | None = None
+    max_total_tokens: int | None = None   # the engine's context (max_model_len): prompt + reply
 
 
 class Episode:
@@ -205,13 +210,24 @@ class Episode:
         return completion_delays(self.text, self.target_unit, self._step_ends, self._reads)
 
     def max_new_tokens(self) -> int:
-        """This step's token cap; the last step's follows the source length."""
+        """This step's token cap; the last step's follows the source length, and no step's
+        reply may run past the engine's context (``EpisodeTooLong`` when not one token fits)."""
         r = self.rules
         if not self.is_last_step:
-            return r.max_new_tokens_per_step
-        if r.final_tokens_per_source_unit is None:
-            return r.max_new_tokens_final
-        return min(r.max_new_tokens_final, math.ceil(r.final_tokens_per_source_unit * self.source_length) + 8)
+            cap = r.max_new_tokens_per_step
+        elif r.final_tokens_per_source_unit is None:
+            cap = r.max_new_tokens_final
+        else:
+            cap = min(r.max_new_tokens_final, math.ceil(r.final_tokens_per_source_unit * self.source_length) + 8)
+        if r.max_total_tokens is None:
+            return cap
+        room = r.max_total_tokens - len(self.token_ids)
+        if room < 1:
+            raise EpisodeTooLong(
+                f"a source of {self.source_length} units needs more than {r.max_total_tokens} tokens by step "
+                f"{self.step + 1} of {self.num_steps} in the {self.mode} layout; raise rollout.engine.max_model_len "
+                "or lower data.max_source_units")
+        return min(cap, room)
 
     def min_new_tokens(self) -> int:
         """Tokens before the end of turn may be chosen: the whole cap under a fixed schedule (it

@@ -20,8 +20,9 @@ from rollout.units import DEFAULT_CHUNK_SIZE, unit_of
 class EpisodeFactory:
     """Builds episodes of one model's chat template from the episode config."""
 
-    def __init__(self, tokenizer: Any, cfg: EpisodeConfig):
-        self.cfg, self.tokenizer = cfg, tokenizer
+    def __init__(self, tokenizer: Any, cfg: EpisodeConfig, max_total_tokens: int | None = None):
+        """``max_total_tokens``: the engine's context (``rollout.engine.max_model_len``)."""
+        self.cfg, self.tokenizer, self.max_total_tokens = cfg, tokenizer, max_total_tokens
         self.layout = ChatLayout.from_tokenizer(tokenizer)
         self.encode, self.decode, self.end_of_turn_id = hf_codec(tokenizer)
 
@@ -33,7 +34,8 @@ class EpisodeFactory:
         return WriteRules(max_new_tokens_per_step=c.max_new_tokens_per_step,
                           max_new_tokens_final=c.max_new_tokens_final,
                           final_tokens_per_source_unit=c.final_tokens_per_source_unit,
-                          units_per_read=c.units_per_read, schedule_k=schedule_k)
+                          units_per_read=c.units_per_read, schedule_k=schedule_k,
+                          max_total_tokens=self.max_total_tokens)
 
     def make(self, source: Source, schedule_k: int | None = None) -> Episode:
         """The episode of ``source``; ``schedule_k`` writes by the fixed wait-k schedule instead of

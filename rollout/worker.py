@@ -29,7 +29,7 @@ class RolloutWorker:
         self.cfg = RolloutConfig.model_validate(cfg)
         self.index = index
         self.engine = VLLMEngine(model, dtype, self.cfg.engine, seed=seed + index)
-        self.factory = EpisodeFactory(self.engine.tokenizer, self.cfg.episode)
+        self.factory = EpisodeFactory(self.engine.tokenizer, self.cfg.episode, self.cfg.engine.max_model_len)
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "index": self.index, "engine_start_s": self.engine.start_s,

@@ -154,7 +154,7 @@ class EvalWorker:
         if params.get("chunk_size") is not None:
             episode = episode.model_copy(update={"chunk_size": params["chunk_size"]})
         schedule_k = params["k"] if params["type"] == "waitk" else None
-        factory = EpisodeFactory(self.tokenizer, episode)
+        factory = EpisodeFactory(self.tokenizer, episode, self.cfg.rollout.engine.max_model_len)
         for start in range(0, len(sources), self.cfg.eval.batch_size):
             batch = sources[start:start + self.cfg.eval.batch_size]
             trajs, stats = run_episodes(self.backend, factory, batch, 1, Sampling(temperature=0.0),

@@ -259,3 +259,19 @@ def test_writing_rules_by_hand():
     assert longest_allowed_prefix(ids, text, text, "word", limit=2, marker=None) == 3     # "a bc" (+ " d" cut)
     assert longest_allowed_prefix(ids, text, text, "word", limit=None, marker="d") == 3
     assert longest_allowed_prefix(ids, text, text, "word", limit=9, marker=None) == 5
+
+
+def test_a_reply_never_runs_past_the_engine_context(codec):
+    from rollout.episode import EpisodeTooLong
+
+    _, encode, _, eot = codec
+    opening = len(make_mode_episode(codec, "a b c d e f", 1, "prefix").token_ids)
+    ep = make_mode_episode(codec, "a b c d e f", 1, "prefix", max_new_tokens_per_step=32,
+                           max_total_tokens=opening + 60)
+    assert ep.max_new_tokens() == 32
+    while ep.max_new_tokens() == 32:
+        ep.add_action(encode(" w") + [eot])
+    assert 0 < ep.max_new_tokens() < 32                  # the cap shrinks to what still fits
+    with pytest.raises(EpisodeTooLong, match="raise rollout.engine.max_model_len or lower data.max_source_units"):
+        while True:
+            ep.add_action(encode(" w" * 8)[:ep.max_new_tokens()])
