@@ -189,8 +189,10 @@ def test_eval_command_end_to_end_and_resume(tmp_path, tiny_model_dir, data_dir, 
         path = run / "settings" / name / "instances.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert [r["index"] for r in rows] == [0, 1, 2]
+        # SimulEval's fields; a setting in the episode layout also records each sentence's wait share
+        episode = name.startswith("learned") or name.endswith("-episode")
         assert set(rows[0]) == {"index", "source", "prediction", "reference", "delays", "elapsed",
-                                "source_length", "prediction_length"}
+                                "source_length", "prediction_length"} | ({"wait_share"} if episode else set())
         scores = json.loads((run / "settings" / name / "scores.json").read_text())
         for key in ("BLEU", "chrF", "AL", "LAAL", "AP", "DAL", "YAAL", "AL_CA", "YAAL_CA", "degeneracy"):
             assert key in scores, (name, key)

@@ -163,7 +163,12 @@ def _wait_lesson(tiny_model_dir: Path, tmp_path: Path, *extra: str) -> Path:
     assert launch.main(["train", *_tiny_run(
         model, data, run, f"train.steps={WAIT_LESSON_STEPS}", "train.sources_per_step=4",
         "train.checkpoint_every=0", "train.min_source_units=8", "rollout.sampling.group_size=4",
-        "reward.mode=latency_only", "learner.lora.enabled=false", "rollout.weight_sync=full",
+        # latency alone as SeqPO published it (AL, floored at the chunk, no length gate: a random
+        # model's output length says nothing here), in the one-piece-per-turn layout, where every
+        # wait given up moves a whole piece earlier
+        "reward.mode=latency_only", "reward.latency_metric=al", "reward.latency_floor=null",
+        "reward.length_gate=null", "rollout.episode.layout=pieces",
+        "learner.lora.enabled=false", "rollout.weight_sync=full",
         "learner.lr=3e-3", "learner.kl_beta=0.0", "run.seed=1", *extra)]) == 0
     return run
 

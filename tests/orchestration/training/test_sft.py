@@ -94,7 +94,7 @@ def test_simulmask_sft_run_exports_a_model_with_its_source_slots(tiny_model_dir,
     (its loss falling is tests/learner/test_sft_step.py's) and records the source slots that
     ExPosST inference must use."""
     run = _tiny_sft(tiny_model_dir, tmp_path, "sft.layout=simulmask", "sft.source_slots=96")
-    assert "(simulmask layout" in capsys.readouterr().out
+    assert "(simulmask training" in capsys.readouterr().out
     note = json.loads((run / "model" / "sft_provenance.json").read_text())
     assert note["layout"] == "simulmask" and note["source_slots"] == 96
     history = json.loads((run / "summary.json").read_text())["history"]
@@ -111,7 +111,7 @@ def test_sft_run_lowers_dev_loss_and_writes_a_model_train_accepts(tiny_model_dir
                     "rollout.episode.max_new_tokens_per_step=4", "rollout.episode.max_new_tokens_final=8")
     assert json.loads((run / "model" / "sft_provenance.json").read_text())["layout"] == "interleaved"
     out = capsys.readouterr().out
-    assert "(interleaved layout" in out and "model.init_from=" in out
+    assert "(interleaved training, prefix episodes" in out and "model.init_from=" in out
     summary = json.loads((run / "summary.json").read_text())
     history = summary["history"]
     assert history["epoch-3"]["loss"] < history["before"]["loss"]
