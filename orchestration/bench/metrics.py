@@ -35,10 +35,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from orchestration.bench.reward import MQM_FOLDER, MqmRow, kendall_tau_b, read_mqm, target_language
+from orchestration.bench.reward import MqmRow, kendall_tau_b, mqm_files, read_mqm, target_language
 from orchestration.config import RootConfig
 from orchestration.config_loader import load_config
-from orchestration.data import resolve_data_dir
 from orchestration.errors import UserInputError
 from orchestration.runtime import write_json_atomic
 
@@ -162,11 +161,7 @@ def run_bench(cfg: RootConfig, out_dir: Path, files: Sequence[Path] | None = Non
     if BASELINE not in scorers:
         raise ValueError(f"the baseline {BASELINE!r} must be among the scorers")
     begin = time.perf_counter()
-    if files is None:
-        folder = resolve_data_dir(cfg.data.dir) / MQM_FOLDER
-        files = sorted(folder.glob("*.tsv"))
-        if not files:
-            raise UserInputError(f"{folder}: no *.tsv files (MQM scores); point data.dir at the shared data")
+    files = mqm_files(cfg) if files is None else files
     seed = cfg.run.seed
     by_lp: dict[str, list[MqmRow]] = {}
     for path in files:

@@ -45,6 +45,15 @@ class MqmRow:
     ref: str
 
 
+def mqm_files(cfg) -> list[Path]:
+    """The MQM score files of the data directory (``data.dir``), or a UserInputError naming it."""
+    folder = resolve_data_dir(cfg.data.dir) / MQM_FOLDER
+    files = sorted(folder.glob("*.tsv"))
+    if not files:
+        raise UserInputError(f"{folder}: no *.tsv files (MQM scores); point data.dir at the shared data")
+    return files
+
+
 def read_mqm(path: Path) -> list[MqmRow]:
     """All rows of one MQM TSV file; any malformed line is a UserInputError naming FILE:LINE."""
     lines = read_lines(path)
@@ -114,11 +123,7 @@ def run_bench(cfg: RootConfig, out_dir: Path, files: Sequence[Path] | None = Non
     from reward.client import RewardClient
 
     begin = time.perf_counter()
-    if files is None:
-        folder = resolve_data_dir(cfg.data.dir) / MQM_FOLDER
-        files = sorted(folder.glob("*.tsv"))
-        if not files:
-            raise UserInputError(f"{folder}: no *.tsv files (MQM scores); point data.dir at the shared data")
+    files = mqm_files(cfg) if files is None else files
     tables = {path: read_mqm(path)[:limit] for path in files}
     settings = cfg.reward.settings()
     _check_comet(settings)
