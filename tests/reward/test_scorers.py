@@ -222,7 +222,7 @@ def test_reward_cross_field_rules_report_everything_at_once():
 
 ABLATIONS = {
     "lambda-0.5": {"lam": 0.5}, "lambda-1": {"lam": 1.0}, "lambda-2": {"lam": 2.0},
-    "lambda-4": {"lam": 4.0}, "no-truncation": {"truncate": "none"}, "laal": {"latency_metric": "laal"},
+    "lambda-4": {"lam": 4.0}, "no-truncation": {"truncate": "none"}, "al": {"latency_metric": "al"},
     "quality-only": {"mode": "quality_only"}, "latency-only": {"mode": "latency_only"},
 }
 
