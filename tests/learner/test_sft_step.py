@@ -80,12 +80,13 @@ def test_deepspeed_learner_lowers_action_cross_entropy(ray_local, tiny_model_dir
     prefix = TrainBatch([TrainTrajectory(x + [7, 8, 9, 10, 11, 12], [0] * 12 + [1] * 6, 0.0, [0.0] * 18,
                                          segments=seg, reads=(2, 3, 4, 5, 6, 6)) for x in ids])
     try:
-        before = ray.get(worker.sft_eval.remote(batch))
-        steps = [ray.get(worker.sft_step.remote(batch, batch.counts()["tokens"])) for _ in range(4)]
-        after = ray.get(worker.sft_eval.remote(batch))
-        prefix_before = ray.get(worker.sft_eval.remote(prefix))
-        prefix_steps = [ray.get(worker.sft_step.remote(prefix, prefix.counts()["tokens"])) for _ in range(4)]
-        prefix_after = ray.get(worker.sft_eval.remote(prefix))
+        before = ray.get(worker.sft_eval.remote(batch), timeout=300)
+        steps = [ray.get(worker.sft_step.remote(batch, batch.counts()["tokens"]), timeout=300) for _ in range(4)]
+        after = ray.get(worker.sft_eval.remote(batch), timeout=300)
+        prefix_before = ray.get(worker.sft_eval.remote(prefix), timeout=300)
+        prefix_steps = [ray.get(worker.sft_step.remote(prefix, prefix.counts()["tokens"]), timeout=300)
+                        for _ in range(4)]
+        prefix_after = ray.get(worker.sft_eval.remote(prefix), timeout=300)
     finally:
         ray.get(worker.shutdown.remote(), timeout=60)
         ray.kill(worker)

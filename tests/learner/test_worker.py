@@ -16,6 +16,7 @@ from learner.config import LearnerConfig
 
 pytestmark = pytest.mark.slow
 
+CALL_TIMEOUT_S = 300   # the longest a call on a rank may take here (its first waits for DeepSpeed's start)
 CFG = LearnerConfig(dtype="float32", micro_batch_size=3, lr=1e-2, kl_beta=0.05, torch_threads=1,
                     num_cpus_per_rank=0.0)
 
@@ -48,7 +49,7 @@ def start(ray, model_dir, world_size: int, **changes):
 
 def train(ray, ranks, data: TrainBatch):
     shards = data.split(len(ranks))
-    return ray.get([w.train_step.remote(s, data.counts()) for w, s in zip(ranks, shards)])
+    return ray.get([w.train_step.remote(s, data.counts()) for w, s in zip(ranks, shards)], timeout=CALL_TIMEOUT_S)
 
 
 def stop(ray, ranks):
@@ -63,7 +64,7 @@ def lora_state(ray, worker, *others) -> dict[str, torch.Tensor]:
     """Merged LoRA weights of ``worker`` (under ZeRO-3 every rank must take part: ``others``)."""
     from safetensors.torch import load
 
-    return load(ray.get([w.export_weights.remote("merged") for w in (worker, *others)])[0])
+    return load(ray.get([w.export_weights.remote("merged") for w in (worker, *others)], timeout=CALL_TIMEOUT_S)[0])
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +81,12 @@ def runs(ray_local, tiny_model_dir, tmp_path_factory):
             out["one"].append(train(ray, one, batch(step)))
             out["two"].append(train(ray, two, batch(step)))
             if step == 0:
-                ray.get(one[0].save_checkpoint.remote(str(ckpt)))
+                ray.get(one[0].save_checkpoint.remote(str(ckpt)), timeout=CALL_TIMEOUT_S)
         out["w_one"], out["w_two"] = lora_state(ray, one[0]), lora_state(ray, two[0])
         out["w_two_rank1"] = lora_state(ray, two[1])
-        out["adapter"] = ray.get(one[0].export_weights.remote("adapter"))
-        out["full"] = ray.get(one[0].export_weights.remote("full"))
-        out["names"] = ray.get(one[0].trainable_names.remote())
+        out["adapter"] = ray.get(one[0].export_weights.remote("adapter"), timeout=CALL_TIMEOUT_S)
+        out["full"] = ray.get(one[0].export_weights.remote("full"), timeout=CALL_TIMEOUT_S)
+        out["names"] = ray.get(one[0].trainable_names.remote(), timeout=CALL_TIMEOUT_S)
         stop(ray, two)
         two = []
         # the same on 2 ranks under ZeRO-3 (partitioned weights, collective forwards)
@@ -94,7 +95,7 @@ def runs(ray_local, tiny_model_dir, tmp_path_factory):
         resumed = start(ray, tiny_model_dir, 1)
         out["zero3"] = [train(ray, zero3, batch(step)) for step in range(2)]
         out["w_zero3"] = lora_state(ray, *zero3)
-        ray.get(resumed[0].load_checkpoint.remote(str(ckpt)))
+        ray.get(resumed[0].load_checkpoint.remote(str(ckpt)), timeout=CALL_TIMEOUT_S)
         out["resumed"] = train(ray, resumed, batch(1))
         out["w_resumed"] = lora_state(ray, resumed[0])
         yield out

@@ -13,6 +13,7 @@ from reward.service import score_groups
 from reward.types import QualityItem, RewardInput, RewardSettings
 
 pytestmark = pytest.mark.slow
+CALL_TIMEOUT_S = 300   # a replica's first call waits for its start (COMET: a model load)
 
 
 def _groups() -> list[list[RewardInput]]:
@@ -54,7 +55,7 @@ def test_a_killed_replica_is_restarted_and_the_call_retried(ray_local, how):
     ray = ray_local
     client = RewardClient(RewardSettings())
     try:
-        old_pid = ray.get(client.actors[0].pid.remote())
+        old_pid = ray.get(client.actors[0].pid.remote(), timeout=CALL_TIMEOUT_S)
         if how == "os.kill":
             os.kill(old_pid, signal.SIGKILL)
         else:
@@ -64,7 +65,7 @@ def test_a_killed_replica_is_restarted_and_the_call_retried(ray_local, how):
         batch = client.score(groups)
         assert client.restarts == 1
         assert batch.groups == score_groups(groups, ChrfScorer(), RewardSettings())[0]
-        assert ray.get(client.actors[0].pid.remote()) != old_pid
+        assert ray.get(client.actors[0].pid.remote(), timeout=CALL_TIMEOUT_S) != old_pid
     finally:
         client.close()
 
@@ -96,7 +97,7 @@ def test_tiny_comet_through_the_actor(ray_local, tiny_comet_dir):
         assert max(abs(a - b) for a, b in zip(fused, batched)) < 1e-5
 
         # a fresh replica in the COMET environment scores exactly the same
-        os.kill(ray.get(client.actors[0].pid.remote()), signal.SIGKILL)
+        os.kill(ray.get(client.actors[0].pid.remote(), timeout=CALL_TIMEOUT_S), signal.SIGKILL)
         again = client.score(groups)
         assert client.restarts == 1 and again.groups == first.groups
     finally:
