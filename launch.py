@@ -41,6 +41,8 @@ def build_parser(prog: str = "launch.py") -> argparse.ArgumentParser:
                                      "with one table and one quality-latency plot")
     p.add_argument("--config", required=True, metavar="FILE", help="sweep YAML (see configs/sweeps/)")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/sweeps/<file name>)")
+    p.add_argument("--runs", metavar="NAME,...", help="only these runs of the sweep (comma-separated names), "
+                                                      "in the file's order")
     p.set_defaults(handler="orchestration.training.sweep:main")
 
     p = sub.add_parser("sft", help="SFT warm start on interleaved episodes built from parallel pairs")

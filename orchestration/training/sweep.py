@@ -90,6 +90,19 @@ def expand(cfg: SweepConfig) -> list[SweepRun]:
     return runs
 
 
+def select(runs: list[SweepRun], names: str | None) -> list[SweepRun]:
+    """The runs named in ``names`` (``--runs a,b``; all when None), in the sweep file's order."""
+    if names is None:
+        return runs
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = [r.name for r in runs]
+    unknown = [n for n in wanted if n not in known]
+    if unknown or not wanted:
+        raise ConfigError(f"--runs {names}: no such run {', '.join(unknown) or '(none named)'}; "
+                          f"the sweep's runs are {', '.join(known)}")
+    return [r for r in runs if r.name in wanted]
+
+
 def load_sweep(path: Path) -> tuple[SweepConfig, Path]:
     data = read_yaml(path)
     try:
@@ -226,7 +239,7 @@ def main(args: argparse.Namespace) -> int:
 
     path = Path(args.config)
     cfg, base = load_sweep(path)
-    runs = expand(cfg)
+    runs = select(expand(cfg), getattr(args, "runs", None))
     out = Path(args.out) if args.out else REPO_ROOT / "runs" / "sweeps" / path.stem
     out = out.resolve()
     check_all(cfg, base, runs, out)

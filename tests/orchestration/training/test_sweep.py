@@ -26,6 +26,14 @@ def test_the_grid_expands_to_every_combination_then_the_named_runs():
         expand(SweepConfig(train_config="x.yaml"))
 
 
+def test_runs_picks_named_runs_in_file_order_and_names_unknown_ones():
+    runs = expand(SweepConfig(train_config="x.yaml", runs=[SweepRun(name=n) for n in ("a", "b", "c")]))
+    assert [r.name for r in sweep.select(runs, "c,a")] == ["a", "c"]
+    assert sweep.select(runs, None) == runs
+    with pytest.raises(ConfigError, match="no such run d; the sweep's runs are a, b, c"):
+        sweep.select(runs, "a,d")
+
+
 def test_every_run_is_validated_before_any_starts(tmp_path, capsys):
     bad = tmp_path / "sweep.yaml"
     bad.write_text("train_config: " + str(launch.__file__).replace("launch.py", "configs/default.yaml") + "\n"
