@@ -239,7 +239,7 @@ def main(args: argparse.Namespace) -> int:
 
     path = Path(args.config)
     cfg, base = load_sweep(path)
-    runs = select(expand(cfg), getattr(args, "runs", None))
+    runs = select(expand(cfg), args.runs)
     out = Path(args.out) if args.out else REPO_ROOT / "runs" / "sweeps" / path.stem
     out = out.resolve()
     check_all(cfg, base, runs, out)
